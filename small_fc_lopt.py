@@ -1,0 +1,179 @@
+"""small_fc_lopt: a tiny per-parameter MLP learned optimizer, and the contract all of ours follow.
+
+Metz et al. 2022, "Practical tradeoffs between memory, compute, and performance in learned
+optimizers" (AdafacMLPLOpt, a.k.a. small_fc_lopt); Celo (celo.txt) §2 Eq. (2); μLO (mulo.txt)
+§2 and App. A.1.1. Every parameter gets the same MLP, fed 39 features (features.py) built from
+accumulators whose decays are themselves learned; it outputs a direction d and a log-magnitude m:
+    Δp = λ1 · d · exp(λ2 · m),  p ← p − Δp                     (Celo Eq. (2), λ1 = λ2 = 1e-3)
+
+THE LEARNED-OPTIMIZER CONTRACT (every optimizer module in this repo follows it)
+  init_meta_params(key, ...) -> theta
+      θ, a dict pytree of float32 arrays: the only thing meta-training changes.
+  init(theta, params, num_steps) -> state
+      an immutable NamedTuple pytree. num_steps = the planned length of training (some
+      optimizers read it for their progress features; it may be a traced value).
+  step(theta, state, params, grads, loss) -> (updates, state)
+      pure and jittable; `updates` are *added* to params (optax convention: p ← p + updates).
+      `loss` is the minibatch loss at params (ignored by optimizers that do not read it).
+  optimizer(theta, num_steps) -> optax.GradientTransformationExtraArgs
+      the same step as an optax transformation: `tx.update(grads, state, params, value=loss)`.
+  learned_optimizer(...) -> LearnedOptimizer
+      the record above, bundling structure options (widths, multipliers) with the functions, so
+      train.py, evaluate.py and the tests treat every optimizer alike.
+"""
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import accumulators as acc
+import features
+
+STEP_MULT = 1e-3     # λ1 (Celo Eq. (2); reference default; μLO uses 0.01 for μLO_M)
+EXP_MULT = 1e-3      # λ2 (Celo Eq. (2))
+HIDDEN = 4           # reference small_fc_lopt: 39 → 4 → 4 → 2 (μLO_M uses 32)
+HIDDEN_LAYERS = 2
+DECAY_OFFSET_SCALE = 10.0  # β = 1 − (1 − β0)·exp(10·offset): learned decays (reference)
+NUM_INPUTS = features.NUM_ADAFAC_FEATURES + len(features.TIME_SCALES)  # 28 + 11 = 39
+
+
+class LearnedOptimizer(NamedTuple):
+    """A learned optimizer as the scripts see it (the contract in the module docstring)."""
+    name: str
+    init_meta_params: Callable[..., Any]
+    init: Callable[..., Any]
+    step: Callable[..., Any]
+    needs_loss: bool = False
+
+    def optimizer(self, theta, num_steps):
+        return as_optax(self, theta, num_steps)
+
+
+def as_optax(lopt, theta, num_steps):
+    """Wrap a LearnedOptimizer and its θ as an optax transformation taking `value=loss`."""
+
+    def init(params):
+        return lopt.init(theta, params, num_steps)
+
+    def update(grads, state, params=None, **extra):
+        if params is None:
+            raise ValueError(f"{lopt.name} needs the current params: "
+                             "call tx.update(grads, state, params, value=loss)")
+        loss = extra.get("value")
+        if lopt.needs_loss and loss is None:
+            raise ValueError(f"{lopt.name} reads the training loss: "
+                             "call tx.update(grads, state, params, value=loss)")
+        return lopt.step(theta, state, params, grads, jnp.float32(0.0) if loss is None else loss)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def count_params(tree):
+    """Number of scalars in a pytree (meta-parameter counts in tests and the README)."""
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- the per-parameter MLP
+
+def init_mlp(key, sizes):
+    """MLP weights w_i ~ TruncatedNormal(±2σ, σ = 1/sqrt(fan_in)), biases 0 (haiku's default)."""
+    mlp = {}
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        w = jax.random.truncated_normal(k, -2.0, 2.0, (fan_in, fan_out), jnp.float32)
+        mlp[f"w{i}"] = w / jnp.sqrt(jnp.float32(fan_in))
+        mlp[f"b{i}"] = jnp.zeros((fan_out,), jnp.float32)
+    return mlp
+
+
+def apply_mlp(mlp, x, scale=None, extra_bias=0.0):
+    """ReLU MLP on the last axis of x. `scale` (per input column) is folded into the first layer,
+    (x·s) @ W0 = x @ (s·W0), so normalized features are never materialized; `extra_bias` adds
+    the contribution of inputs that are the same for every parameter (e.g. time features)."""
+    num_layers = sum(1 for k in mlp if k.startswith("w"))
+    w0 = mlp["w0"][: x.shape[-1]]
+    if scale is not None:
+        w0 = scale[:, None] * w0
+    h = x @ w0 + (mlp["b0"] + extra_bias)
+    for i in range(1, num_layers):
+        h = jax.nn.relu(h) @ mlp[f"w{i}"] + mlp[f"b{i}"]
+    return h
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+class State(NamedTuple):
+    acc: Any                 # pytree like params, a accumulators.TensorState per tensor
+    step: jnp.ndarray        # () int32, updates done so far
+    num_steps: jnp.ndarray   # () int32, planned training length (stored, unused here)
+
+
+def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS):
+    sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (2,)
+    return {"mlp": init_mlp(key, sizes),
+            # learned decay offsets, 0 at init ⇒ β = β0 (reference)
+            "momentum_decays": jnp.zeros(len(acc.MOMENTUM_DECAYS), jnp.float32),
+            "rms_decays": jnp.zeros(len(acc.RMS_DECAYS), jnp.float32),
+            "adafactor_decays": jnp.zeros(len(acc.ADAFACTOR_DECAYS), jnp.float32)}
+
+
+def learned_decays(offsets, initial):
+    """β = 1 − exp(10·(log(1 − β0)/10 + offset)), formed in float32 as the reference does."""
+    log_gap = jnp.log(1.0 - jnp.asarray(initial, jnp.float32)) / DECAY_OFFSET_SCALE
+    return 1.0 - jnp.exp(DECAY_OFFSET_SCALE * (log_gap + offsets))
+
+
+def decays(theta):
+    """(momentum, rms, adafactor) decays; rms and Adafactor clipped to [0, 1], momenta not
+    (a large offset makes a momentum decay negative, as in the reference)."""
+    m = learned_decays(theta["momentum_decays"], acc.MOMENTUM_DECAYS)
+    r = jnp.clip(learned_decays(theta["rms_decays"], acc.RMS_DECAYS), 0.0, 1.0)
+    a = jnp.clip(learned_decays(theta["adafactor_decays"], acc.ADAFACTOR_DECAYS), 0.0, 1.0)
+    return m, r, a
+
+
+def init(theta, params, num_steps):
+    del theta
+    return State(jax.tree.map(acc.init_tensor, params), jnp.zeros((), jnp.int32),
+                 jnp.asarray(num_steps, jnp.int32))
+
+
+def mlp_outputs(theta, p, g, tensor_state, t):
+    """(d, m) for every entry of one tensor: features → normalization → MLP. Shape (*S', 2)."""
+    x = features.adafac_features(p, g, tensor_state)
+    time_w = theta["mlp"]["w0"][features.NUM_ADAFAC_FEATURES:]
+    # Time features are equal for all entries: their first-layer term is a bias (not normalized).
+    return apply_mlp(theta["mlp"], x, features.column_scale(x),
+                     features.time_features(t) @ time_w)
+
+
+def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+    """One small_fc_lopt update: accumulators absorb g, then features, MLP and Eq. (2)."""
+    del loss  # small_fc_lopt does not read the loss
+    m_dec, r_dec, a_dec = decays(theta)
+    leaves, treedef = jax.tree.flatten(params)
+    grad_leaves = treedef.flatten_up_to(grads)
+    acc_leaves = treedef.flatten_up_to(state.acc)
+    updates, new_acc = [], []
+    for p, g, s in zip(leaves, grad_leaves, acc_leaves):  # trace-time loop over tensors
+        s = acc.update_tensor(s, g, m_dec, r_dec, a_dec)
+        out = mlp_outputs(theta, p, g, s, state.step)
+        d, m = out[..., 0], out[..., 1]
+        updates.append(-(d * jnp.exp(m * exp_mult) * step_mult).reshape(p.shape))  # Celo Eq. (2)
+        new_acc.append(s)
+    return (treedef.unflatten(updates),
+            State(treedef.unflatten(new_acc), state.step + 1, state.num_steps))
+
+
+def learned_optimizer(hidden=HIDDEN, step_mult=STEP_MULT, exp_mult=EXP_MULT,
+                      name="small_fc_lopt"):
+    """The contract record; μLO_M is learned_optimizer(hidden=32, step_mult=0.01) plus mup.py."""
+    return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden), init,
+                            partial(step, step_mult=step_mult, exp_mult=exp_mult))
+
+
+def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+    """small_fc_lopt with meta-parameters θ as an optax transformation."""
+    return as_optax(learned_optimizer(step_mult=step_mult, exp_mult=exp_mult), theta, num_steps)

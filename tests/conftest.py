@@ -1,0 +1,35 @@
+"""Shared test set-up: float32 JAX on CPU, the repo root on sys.path, the oracle files."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+sys.path.insert(0, ROOT)
+
+
+def load_oracle(name):
+    """Reference vectors of Google's learned_optimization (copied from the shared oracles)."""
+    return np.load(os.path.join(DATA, name), allow_pickle=False)
+
+
+@pytest.fixture(scope="session")
+def sfl_oracle():
+    return load_oracle("small_fc_lopt.npz")
+
+
+@pytest.fixture(scope="session")
+def velo_oracle():
+    return load_oracle("velo_tiny.npz")
+
+
+def rel_col_err(ours, ref):
+    """|ours − ref| / column RMS of ref (the oracle README's measure); all-zero columns absolute."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    ref2 = ref.reshape(-1, ref.shape[-1]) if ref.ndim > 1 else ref.reshape(-1, 1)
+    ours2 = ours.reshape(ref2.shape)
+    scale = np.sqrt(np.mean(ref2 ** 2, axis=0))
+    scale = np.where(scale == 0, 1.0, scale)
+    return float(np.max(np.abs(ours2 - ref2) / scale))

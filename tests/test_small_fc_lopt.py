@@ -1,0 +1,146 @@
+"""small_fc_lopt against learned_optimization's own AdafacMLPLOpt (tests/data/small_fc_lopt.npz)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import accumulators as acc
+import features
+import small_fc_lopt as sfl
+from conftest import rel_col_err
+
+NAMES = ("bias", "kernel3d", "scale", "weight")
+
+
+def oracle_theta(o):
+    mlp = {k: jnp.asarray(o[f"theta/nn/~/{k}"]) for k in ("w0", "b0", "w1", "b1", "w2", "b2")}
+    return {"mlp": mlp,
+            "momentum_decays": jnp.asarray(o["theta/momentum_decays"]),
+            "rms_decays": jnp.asarray(o["theta/rms_decays"]),
+            "adafactor_decays": jnp.asarray(o["theta/adafactor_decays"])}
+
+
+def tree(o, prefix):
+    return {n: jnp.asarray(o[f"{prefix}/{n}"]) for n in NAMES}
+
+
+def test_learned_decays_match_reference(sfl_oracle):
+    m, r, a = sfl.decays(oracle_theta(sfl_oracle))
+    np.testing.assert_allclose(m, sfl_oracle["derived/decays_used/momentum"], rtol=1e-6)
+    np.testing.assert_allclose(r, sfl_oracle["derived/decays_used/rms"], rtol=1e-6)
+    np.testing.assert_allclose(a, sfl_oracle["derived/decays_used/adafactor"], rtol=1e-6, atol=1e-7)
+    assert m[0] < 0 and a[0] == 0.0  # momentum not clipped, adafactor clipped
+
+
+def test_five_updates_match_reference(sfl_oracle):
+    """Chain all five updates from the inputs alone: features, MLP outputs, state and params."""
+    o = sfl_oracle
+    theta = oracle_theta(o)
+    params = tree(o, "init/params")
+    state = sfl.init(theta, params, int(o["num_steps"]))
+    m_dec, r_dec, a_dec = sfl.decays(theta)
+    step = jax.jit(sfl.step)
+    for k in range(5):
+        grads = tree(o, f"step{k}/grads")
+        # features and MLP outputs, computed from the state before this update
+        for n in NAMES:
+            s = acc.update_tensor(state.acc[n], grads[n], m_dec, r_dec, a_dec)
+            raw = features.adafac_features(params[n], grads[n], s)
+            assert rel_col_err(raw, o[f"step{k}/features_prenorm/{n}"]) < 1e-4, (k, n)
+            full = jnp.concatenate([features.normalize_columns(raw),
+                                    jnp.broadcast_to(features.time_features(k),
+                                                     raw.shape[:-1] + (11,))], -1)
+            assert rel_col_err(full, o[f"step{k}/features/{n}"]) < 1e-4, (k, n)
+            out = sfl.mlp_outputs(theta, params[n], grads[n], s, jnp.int32(k))
+            assert rel_col_err(out, o[f"step{k}/mlp_out/{n}"]) < 1e-4, (k, n)
+        updates, state = step(theta, state, params, grads, jnp.float32(o[f"step{k}/loss"]))
+        params = optax.apply_updates(params, updates)
+        for n in NAMES:
+            np.testing.assert_allclose(params[n], o[f"step{k}/params/{n}"], atol=1e-6, rtol=0)
+            s = state.acc[n]
+            assert rel_col_err(s.m, o[f"step{k}/state/m/{n}"]) < 1e-4
+            assert rel_col_err(s.rms, o[f"step{k}/state/rms/{n}"]) < 1e-4
+            for field in ("v_row", "v_col", "v_diag"):
+                ref = o[f"step{k}/state/{field}/{n}"]
+                ours = getattr(s.fac, field)
+                if ref.shape[0] == 0:
+                    assert ours is None
+                else:
+                    assert rel_col_err(ours, ref) < 1e-4, (k, n, field)
+        assert int(state.step) == k + 1
+
+
+def test_parameter_count_formula():
+    for hidden in (4, 32):
+        theta = sfl.init_meta_params(jax.random.PRNGKey(0), hidden=hidden)
+        mlp = 39 * hidden + hidden + hidden * hidden + hidden + hidden * 2 + 2
+        assert sfl.count_params(theta) == mlp + 7
+    assert sfl.count_params(sfl.init_meta_params(jax.random.PRNGKey(0))) == 197  # REFERENCE.md
+
+
+def test_init_is_truncated_normal_with_fan_in_std():
+    w = sfl.init_mlp(jax.random.PRNGKey(1), (400, 300))["w0"]
+    std = 1 / np.sqrt(400)
+    assert np.abs(w).max() <= 2 * std + 1e-7
+    # std of N(0,1) truncated at ±2 is 0.8796
+    assert abs(float(jnp.std(w)) / std - 0.8796) < 0.01
+
+
+def _problem():
+    k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+    params = {"w": jax.random.normal(k1, (7, 5)), "b": jnp.zeros(5), "s": jnp.float32(1.0)}
+    grads = jax.tree.map(lambda p: jax.random.normal(k2, p.shape), params)
+    return params, grads
+
+
+def test_optax_wrapper_agrees_with_raw_step():
+    theta = sfl.init_meta_params(jax.random.PRNGKey(0))
+    params, grads = _problem()
+    tx = sfl.optimizer(theta, num_steps=100)
+    opt_state = tx.init(params)
+    raw_state = sfl.init(theta, params, 100)
+    for _ in range(3):
+        u1, opt_state = tx.update(grads, opt_state, params, value=jnp.float32(1.0))
+        u2, raw_state = sfl.step(theta, raw_state, params, grads, jnp.float32(1.0))
+        for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+            np.testing.assert_array_equal(a, b)
+        params = optax.apply_updates(params, u1)
+
+
+def test_optax_wrapper_requires_params():
+    tx = sfl.optimizer(sfl.init_meta_params(jax.random.PRNGKey(0)), num_steps=10)
+    params, grads = _problem()
+    with pytest.raises(ValueError, match="needs the current params"):
+        tx.update(grads, tx.init(params))
+
+
+def test_random_theta_gives_finite_updates_and_compiles_once():
+    params, grads = _problem()
+    traces = []
+
+    def counted(theta, state, params, grads):
+        traces.append(1)
+        return sfl.step(theta, state, params, grads)
+
+    step = jax.jit(counted)
+    for seed in range(3):
+        theta = jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.PRNGKey(seed), x.shape),
+                             sfl.init_meta_params(jax.random.PRNGKey(seed)))
+        state = sfl.init(theta, params, 50)
+        for _ in range(3):
+            updates, state = step(theta, state, params, grads)
+            assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+    assert len(traces) == 1
+
+
+def test_untrained_step_size_is_of_order_lambda1():
+    """Untrained, |d|·exp(λ2 m) is O(1), so every entry moves by about λ1 = 1e-3."""
+    theta = sfl.init_meta_params(jax.random.PRNGKey(0))
+    params = {"w": jnp.ones((4, 3))}
+    tx = sfl.optimizer(theta, num_steps=10)
+    state = tx.init(params)
+    g = {"w": 2 * params["w"]}
+    updates, state = tx.update(g, state, params)
+    size = float(jnp.max(jnp.abs(updates["w"])))
+    assert 1e-5 < size < 1e-2
