@@ -75,7 +75,8 @@ def count_params(tree):
     return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-# ----------------------------------------------------------------------------- the per-parameter MLP
+# ----------------------------------------------------------------------------- building blocks
+# The per-parameter MLP and the LSTM cell; celo.py, velo.py and local_sgd.py import them from here.
 
 def init_mlp(key, sizes):
     """MLP weights w_i ~ TruncatedNormal(±2σ, σ = 1/sqrt(fan_in)), biases 0 (haiku's default)."""
@@ -100,6 +101,21 @@ def apply_mlp(mlp, x, scale=None, extra_bias=0.0):
     for i in range(1, num_layers):
         h = jax.nn.relu(h) @ mlp[f"w{i}"] + mlp[f"b{i}"]
     return h
+
+
+def init_lstm(key, input_size, hidden):
+    """An LSTM cell laid out as haiku's: one (input+hidden, 4·hidden) matrix, gates i, g, f, o."""
+    return {"w": init_mlp(key, (input_size + hidden, 4 * hidden))["w0"],
+            "b": jnp.zeros((4 * hidden,), jnp.float32)}
+
+
+def lstm_step(lstm, x, h, c):
+    """One LSTM step (haiku.LSTM): c' = σ(f + 1)·c + σ(i)·tanh(g), h' = σ(o)·tanh(c').
+    Used by VeLO's per-tensor LSTM and Celo's scheduler. Works on any leading batch shape."""
+    gates = jnp.concatenate([x, h], axis=-1) @ lstm["w"] + lstm["b"]
+    i, g, f, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # forget-gate bias +1
+    return jax.nn.sigmoid(o) * jnp.tanh(c), c
 
 
 # ----------------------------------------------------------------------------- the optimizer

@@ -144,3 +144,19 @@ def test_untrained_step_size_is_of_order_lambda1():
     updates, state = tx.update(g, state, params)
     size = float(jnp.max(jnp.abs(updates["w"])))
     assert 1e-5 < size < 1e-2
+
+
+def test_lstm_step_matches_hand_computed_gates():
+    rng = np.random.RandomState(0)
+    lstm = {"w": jnp.asarray(rng.normal(size=(3 + 2, 8)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=8), jnp.float32)}
+    x, h, c = (jnp.asarray(rng.normal(size=n), jnp.float32) for n in (3, 2, 2))
+    z = np.concatenate([x, h]) @ np.asarray(lstm["w"], np.float64) + np.asarray(lstm["b"])
+    sig = lambda a: 1 / (1 + np.exp(-a))
+    i, g, f, o = z[0:2], z[2:4], z[4:6], z[6:8]
+    c_ref = sig(f + 1) * np.asarray(c) + sig(i) * np.tanh(g)
+    h_ref = sig(o) * np.tanh(c_ref)
+    h2, c2 = sfl.lstm_step(lstm, x, h, c)
+    np.testing.assert_allclose(c2, c_ref, rtol=1e-5)
+    np.testing.assert_allclose(h2, h_ref, rtol=1e-5)
+    assert sfl.init_lstm(jax.random.PRNGKey(0), 18, 64)["w"].shape == (82, 256)
