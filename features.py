@@ -7,9 +7,14 @@ inputs, which use the progress and loss features below). Celo (celo.txt) Alg. 1 
 Per-parameter features are built from the accumulators *after* they absorbed g (REFERENCE.md).
 Each column is normalized over its tensor by x · rsqrt(1e-5 + mean(x²)) — no mean subtraction —
 so feature magnitudes are Θ(1) whatever the tensor's width (μLO Corollary A.3).
-The helpers return raw columns plus `column_scale`, so an MLP can fold the normalization into
-its first layer (x·s) @ W = x @ (s·W) instead of writing a normalized copy of every feature.
+Features are returned as `Columns` (planes plus Adafactor's reduced row/col arrays) with their
+normalization factors `scales`, so an MLP folds the normalization into its first layer,
+(x·s) @ W = x @ (s·W), and applies that layer without ever writing the (*S, C) feature matrix
+(`first_layer`); `stack` builds that matrix for tests and readers.
 """
+from typing import Any, NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 import accumulators as acc
@@ -68,6 +73,32 @@ def loss_features(state):
 
 
 # ----------------------------------------------------------------------------- per-parameter
+# Each feature set is defined once, as an ordered list of named column groups. The groups
+# "row", "col", "rsqrt_row", "rsqrt_col" of a ≥2-d tensor are its Adafactor accumulators
+# broadcast along one axis: `Columns` keeps them at their reduced shape, so an MLP's first layer
+# can act on them there (and broadcast the result) instead of on a full copy per entry.
+
+GROUP_WIDTH = {"m": 3, "m_rv": 3, "fac_g": 3, "row": 3, "col": 3, "rsqrt_row": 3,
+               "rsqrt_col": 3, "fac_mom": 3}          # all other groups are one column
+# small_fc_lopt (μLO Table 2), the order of learned_optimization's AdafacMLPLOpt:
+ADAFAC_GROUPS = ("g", "p", "m", "rms", "m_rv", "rv", "fac_g", "row", "col", "rsqrt_row",
+                 "rsqrt_col", "fac_mom")
+# VeLO's MLP (μLO Table 3), which Celo reuses:
+VELO_GROUPS = ("g", "clip_g", "p", "m", "rms", "m_rv", "rv", "fac_g", "g_rv", "row", "col",
+               "rsqrt_row", "rsqrt_col", "fac_mom")
+ROW_GROUPS, COL_GROUPS = ("row", "rsqrt_row"), ("col", "rsqrt_col")
+
+
+class Columns(NamedTuple):
+    """The features of one tensor: `dense` ((column, plane of shape S), ...) and, for a ≥2-d
+    tensor, `row` / `col` = (columns, array (*reduced shape, k)) that broadcast along d0 / d1."""
+    dense: tuple
+    row: Any
+    col: Any
+    dims: Any       # (d1, d0) of accumulators.factored_dims, or None
+    shape: tuple    # S, the tensor's shape ((1,) for a scalar)
+    num: int        # number of columns
+
 
 def _as_vector(p, g, state):
     """The reference treats a scalar parameter as shape (1,) when building its features."""
@@ -78,52 +109,178 @@ def _as_vector(p, g, state):
     return p.reshape(1), g.reshape(1), acc.TensorState(fix(state.m), fix(state.rms), fac)
 
 
-def _shared_terms(p, g, state):
+def columns(p, g, state, groups, fac_mom_eps):
+    """Raw (unnormalized) features of tensor p with gradient g and updated accumulators `state`,
+    in the order of `groups` (ADAFAC_GROUPS or VELO_GROUPS). fac_mom_eps: ε in m·(u + ε)^−1/2
+    for ndim < 2 (small_fc_lopt 1e-6, VeLO 0)."""
     p, g, state = _as_vector(p, g, state)
+    rsqrt = jax.lax.rsqrt
     v = state.rms[..., 0]
-    rsqrt_v = jnp.reciprocal(jnp.sqrt(v + RMS_EPS))
-    fac = acc.factored_terms(state.fac, g)
-    return p, g, state, rsqrt_v, fac
+    rv = rsqrt(v + RMS_EPS)                                        # μLO Table 2: 1/sqrt(V)
+    m = [state.m[..., j] for j in range(state.m.shape[-1])]
+    dims = acc.factored_dims(p.shape)
+    planes = {"g": [g], "clip_g": [jnp.clip(g, -GRAD_CLIP_FEATURE, GRAD_CLIP_FEATURE)],
+              "p": [p], "m": m, "rms": [v], "m_rv": [mj * rv for mj in m], "rv": [rv],
+              "g_rv": [g * rv]}
+    reduced = {}
+    if dims is None:
+        u = state.fac.v_diag
+        uj = [u[..., j] for j in range(u.shape[-1])]
+        planes["fac_g"] = [g * acc.safe_rsqrt(x + 1e-9) for x in uj]       # Adafactor, 1-d
+        planes["fac_mom"] = [mj * rsqrt(x + fac_mom_eps) for mj, x in zip(m, uj)]
+        planes["row"] = planes["col"] = uj
+        planes["rsqrt_row"] = planes["rsqrt_col"] = [rsqrt(x + FACTORED_RSQRT_EPS) for x in uj]
+    else:
+        d1, d0 = dims
+        v_row, v_col = state.fac.v_row, state.fac.v_col
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_factor = acc.safe_rsqrt(v_row / (jnp.mean(v_row, axis=reduced_d1, keepdims=True) + 1e-9))
+        factor = jnp.expand_dims(row_factor, d0) * jnp.expand_dims(acc.safe_rsqrt(v_col), d1)
+        fj = [factor[..., j] for j in range(factor.shape[-1])]
+        planes["fac_g"] = [g * f for f in fj]                              # μLO Table 2 row 7
+        planes["fac_mom"] = [mj * f for mj, f in zip(m, fj)]              # μLO Table 2 row 8
+        reduced = {"row": v_row, "col": v_col, "rsqrt_row": rsqrt(v_row + FACTORED_RSQRT_EPS),
+                   "rsqrt_col": rsqrt(v_col + FACTORED_RSQRT_EPS)}
+    dense, row, col, index = [], ([], []), ([], []), 0
+    for name in groups:
+        width = GROUP_WIDTH.get(name, 1)
+        cols = tuple(range(index, index + width))
+        if name in reduced:
+            target = row if name in ROW_GROUPS else col
+            target[0].extend(cols)
+            target[1].append(reduced[name])
+        else:
+            dense.extend(zip(cols, planes[name]))
+        index += width
+    pack = lambda r: (tuple(r[0]), jnp.concatenate(r[1], axis=-1)) if r[0] else None
+    return Columns(tuple(dense), pack(row), pack(col), dims, p.shape, index)
 
 
-def _fac_mom(state, fac, eps):
-    """m_j · row_factor_j · col_factor_j; for ndim < 2, m_j · (u_j + eps)^−1/2 with u the Adafactor
-    diagonal accumulator (small_fc_lopt uses eps = 1e-6, VeLO eps = 0)."""
-    if fac.factor is not None:
-        return state.m * fac.factor
-    return state.m * jnp.reciprocal(jnp.sqrt(fac.row + eps))
+def stack(cols):
+    """The full (*S, num) feature matrix (for tests and for reading; the MLP does not need it)."""
+    out = [None] * cols.num
+    for c, x in cols.dense:
+        out[c] = x
+    for part, axis in ((cols.row, 0), (cols.col, 1)):
+        if part is not None:
+            ax = cols.dims[1 - axis]  # row broadcasts along d0, col along d1
+            for j, c in enumerate(part[0]):
+                out[c] = jnp.broadcast_to(jnp.expand_dims(part[1][..., j], ax), cols.shape)
+    return jnp.stack(out, axis=-1)
+
+
+def scales(cols):
+    """Per-column normalization factors rsqrt(1e-5 + mean over the tensor of x²), shape (num,).
+    A broadcast column has the same mean square as its reduced array."""
+    s = [None] * cols.num
+    for c, x in cols.dense:
+        s[c] = jnp.mean(jnp.square(x))
+    for part in (cols.row, cols.col):
+        if part is not None:
+            ms = jnp.mean(jnp.square(part[1]), axis=tuple(range(part[1].ndim - 1)))
+            for j, c in enumerate(part[0]):
+                s[c] = ms[j]
+    return jax.lax.rsqrt(NORM_EPS + jnp.stack(s))
+
+
+def first_layer(cols, w):
+    """Σ_c x_c·w[c] for the (num, H) matrix w (normalization already folded into w), as a list
+    of H planes of shape S. Dense columns are multiply-adds per entry; row/col columns are a
+    small matmul on the reduced arrays, broadcast back: XLA fuses the whole thing into a few
+    passes over the tensor and never writes the (*S, num) feature matrix."""
+    hidden = w.shape[1]
+    out = []
+    for j in range(hidden):
+        h = sum(x * w[c, j] for c, x in cols.dense)
+        out.append(h)
+    for part, axis in ((cols.row, 0), (cols.col, 1)):
+        if part is not None:
+            z = part[1] @ w[jnp.asarray(part[0])]
+            ax = cols.dims[1 - axis]
+            out = [h + jnp.expand_dims(z[..., j], ax) for j, h in enumerate(out)]
+    return out
 
 
 def adafac_features(p, g, state):
-    """The 28 per-parameter inputs of small_fc_lopt (μLO Table 2), raw (not normalized).
-
-    Column order of learned_optimization's AdafacMLPLOpt: g, p, m(3), rms, m·rsqrt(rms+1e-6)(3),
-    rsqrt(rms+1e-6), fac_g(3), row(3), col(3), rsqrt(row+1e-8)(3), rsqrt(col+1e-8)(3),
-    m·row_factor·col_factor(3). Shape (*S, 28); a scalar tensor gives (1, 28).
-    """
-    p, g, state, rsqrt_v, fac = _shared_terms(p, g, state)
-    cols = [g[..., None], p[..., None], state.m, state.rms,
-            state.m * rsqrt_v[..., None], rsqrt_v[..., None],
-            fac.fac_g, fac.row, fac.col,
-            jnp.reciprocal(jnp.sqrt(fac.row + FACTORED_RSQRT_EPS)),
-            jnp.reciprocal(jnp.sqrt(fac.col + FACTORED_RSQRT_EPS)),
-            _fac_mom(state, fac, RMS_EPS)]
-    return jnp.concatenate(cols, axis=-1)
+    """The 28 per-parameter inputs of small_fc_lopt (μLO Table 2), raw, shape (*S, 28):
+    g, p, m(3), rms, m·rsqrt(rms+1e-6)(3), rsqrt(rms+1e-6), fac_g(3), row(3), col(3),
+    rsqrt(row+1e-8)(3), rsqrt(col+1e-8)(3), m·row_factor·col_factor(3). Scalars give (1, 28)."""
+    return stack(columns(p, g, state, ADAFAC_GROUPS, RMS_EPS))
 
 
 def velo_features(p, g, state):
-    """The 30 per-parameter inputs of VeLO's MLP (μLO Table 3), also Celo's update-rule inputs.
-
-    Order: g, clip(g, ±0.1), p, m(3), rms, m·rsqrt(rms+1e-6)(3), rsqrt(rms+1e-6), fac_g(3),
+    """The 30 per-parameter inputs of VeLO's MLP (μLO Table 3), also Celo's, raw, (*S, 30):
+    g, clip(g, ±0.1), p, m(3), rms, m·rsqrt(rms+1e-6)(3), rsqrt(rms+1e-6), fac_g(3),
     g·rsqrt(rms+1e-6), row(3), col(3), rsqrt(row+1e-8)(3), rsqrt(col+1e-8)(3),
-    m·row_factor·col_factor(3) (m·u^−1/2 without epsilon for ndim < 2). Raw, shape (*S, 30).
+    m·row_factor·col_factor(3) (m·u^−1/2 without ε for ndim < 2)."""
+    return stack(columns(p, g, state, VELO_GROUPS, 0.0))
+
+
+# ----------------------------------------------------------------------------- VeLO per-tensor
+# The 30 inputs of VeLO's per-tensor LSTM (μLO App. A.1.2 and Table 4; reference HyperV2's
+# lstm_features_for_tensor). Built from p and the accumulators of the *previous* step (g unused).
+
+LOG_FEATURE_MULT = 0.5     # c1 in L(x) = c1·clip(log(eps + |c2·x|), −τ, τ)   (μLO App. A.1.2)
+LOG_FEATURE_SCALE = 10.0   # c2                                             (μLO App. A.1.2)
+LOG_FEATURE_CLIP = 5.0     # τ                                              (μLO App. A.1.2)
+LOG_FEATURE_EPS = 1e-8     # eps inside the log (reference)
+PARAM_SCALE_FLOOR = 1e-9   # s = rsqrt(max(1e-9, mean p²)) (reference)
+NUM_RANKS = 5              # one-hot of the number of dims of size > 1; rank ≥ 5 → all zeros
+NUM_LSTM_FEATURES = 30     # 9 progress + 9 loss + 1 mean_rms + 5 rank + 3 var_m + 3 var_rms
+
+
+def clip_log_abs(x):
+    """L(x) = 0.5·clip(log(1e-8 + |10x|), −5, 5): a log magnitude squashed to [−2.5, 2.5]."""
+    return LOG_FEATURE_MULT * jnp.clip(jnp.log(LOG_FEATURE_EPS + jnp.abs(LOG_FEATURE_SCALE * x)),
+                                       -LOG_FEATURE_CLIP, LOG_FEATURE_CLIP)
+
+
+def rank_onehot(shape):
+    """One-hot (5,) of the number of dims of size > 1 (μLO Table 4 "tensor rank"); static."""
+    rank = sum(1 for d in shape if d > 1)
+    return jnp.zeros(NUM_RANKS, jnp.float32).at[rank].set(1.0) if rank < NUM_RANKS \
+        else jnp.zeros(NUM_RANKS, jnp.float32)
+
+
+def fused_means(xs):
+    """Means over all entries of several same-shaped arrays in one pass: a single variadic
+    reduction, so XLA reads their shared inputs once instead of once per mean (3–6× faster on
+    CPU than separate jnp.mean calls). Sums the last axis first, then the partial sums."""
+    xs = tuple(xs)
+    if xs[0].ndim == 0:
+        return list(xs)
+    partial = jax.lax.reduce(xs, tuple(jnp.zeros((), x.dtype) for x in xs),
+                             lambda a, b: tuple(u + v for u, v in zip(a, b)), (xs[0].ndim - 1,))
+    return [jnp.sum(s) / xs[0].size for s in partial]
+
+
+def tensor_features(p, m, rms):
+    """The 12 per-tensor inputs of VeLO's LSTM read from one tensor (μLO Table 4), in the
+    reference's order: mean_rms (1), rank one-hot (5), var_m (3), var_rms (3).
+
+    p: (*S), m: (*S, 3), rms: (*S, 1), the accumulators *before* this step's gradient. With
+    s = rsqrt(max(1e-9, mean p²)) multiplying p, m and rms once (rms by s, not s²: reference):
+      mean_rms = L(mean(s·rms)),  var_m_j = L(var(s·m_j)),
+      var_rms_j = L(mean((s·rms − mean(s·m_j))²))   (centred on the *momentum* mean: reference
+                                                     quirk, also in μLO App. A.1.2's formula).
+    s is factored out of the means (mean(s·x) = s·mean(x), var(s·x) = s²·var(x)) so the means
+    of p², m and rms share one pass over the tensor. A scalar tensor gives zero variances.
     """
-    p, g, state, rsqrt_v, fac = _shared_terms(p, g, state)
-    cols = [g[..., None], jnp.clip(g, -GRAD_CLIP_FEATURE, GRAD_CLIP_FEATURE)[..., None],
-            p[..., None], state.m, state.rms,
-            state.m * rsqrt_v[..., None], rsqrt_v[..., None],
-            fac.fac_g, (g * rsqrt_v)[..., None], fac.row, fac.col,
-            jnp.reciprocal(jnp.sqrt(fac.row + FACTORED_RSQRT_EPS)),
-            jnp.reciprocal(jnp.sqrt(fac.col + FACTORED_RSQRT_EPS)),
-            _fac_mom(state, fac, 0.0)]
-    return jnp.concatenate(cols, axis=-1)
+    ms = [m[..., j] for j in range(m.shape[-1])]
+    v = rms[..., 0]
+    mean_p2, mean_v, *mean_m = fused_means([jnp.square(p), v] + ms)       # pass 1
+    var = fused_means([jnp.square(mj - mu) for mj, mu in zip(ms, mean_m)]  # pass 2
+                      + [jnp.square(v - mu) for mu in mean_m])
+    s2 = 1.0 / jnp.maximum(PARAM_SCALE_FLOOR, mean_p2)                   # s²
+    var_m = s2 * jnp.stack(var[:len(ms)])                                # μLO A.1.2 var_mom
+    var_rms = s2 * jnp.stack(var[len(ms):])                              # μLO A.1.2 var_rms
+    mean_rms = jnp.sqrt(s2) * mean_v[None]                               # μLO A.1.2 mean_rms
+    return jnp.concatenate([clip_log_abs(mean_rms), rank_onehot(p.shape),
+                            clip_log_abs(var_m), clip_log_abs(var_rms)])
+
+
+def velo_lstm_features(t, num_steps, loss_feats, p, m, rms):
+    """VeLO's 30 LSTM inputs for one tensor (μLO Table 4): progress tanh(10·(t/N − τ)) (9),
+    the loss features (9), then `tensor_features` (12). t = updates done, N = planned steps."""
+    return jnp.concatenate([progress_features(t, num_steps), loss_feats,
+                            tensor_features(p, m, rms)])

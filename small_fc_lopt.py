@@ -103,6 +103,28 @@ def apply_mlp(mlp, x, scale=None, extra_bias=0.0):
     return h
 
 
+PLANAR_MAX_HIDDEN = 8   # up to this width, hidden units are separate planes (fused multiply-adds)
+
+
+def mlp_on_columns(mlp, cols, extra_bias=0.0):
+    """The same MLP as apply_mlp on features.Columns, normalization folded in; returns the output
+    units as a list of planes of the tensor's shape. A 4-wide MLP is a few dozen multiply-adds
+    per entry: written unit by unit, XLA fuses it with the features into a couple of passes over
+    the tensor (≈3× faster on CPU than materializing (*S, C) features and a K=28, N=4 matmul)."""
+    num_layers = sum(1 for k in mlp if k.startswith("w"))
+    w0 = features.scales(cols)[:, None] * mlp["w0"][: cols.num]
+    h = [x + b for x, b in zip(features.first_layer(cols, w0), mlp["b0"] + extra_bias)]
+    for i in range(1, num_layers):
+        w, b = mlp[f"w{i}"], mlp[f"b{i}"]
+        a = [jax.nn.relu(x) for x in h]
+        if len(a) <= PLANAR_MAX_HIDDEN:
+            h = [sum(a[c] * w[c, j] for c in range(len(a))) + b[j] for j in range(w.shape[1])]
+        else:  # wide hidden layers (μLO's 32): one matmul
+            z = jnp.stack(a, axis=-1) @ w + b
+            h = [z[..., j] for j in range(w.shape[1])]
+    return h
+
+
 def init_lstm(key, input_size, hidden):
     """An LSTM cell laid out as haiku's: one (input+hidden, 4·hidden) matrix, gates i, g, f, o."""
     return {"w": init_mlp(key, (input_size + hidden, 4 * hidden))["w0"],
@@ -157,12 +179,11 @@ def init(theta, params, num_steps):
 
 
 def mlp_outputs(theta, p, g, tensor_state, t):
-    """(d, m) for every entry of one tensor: features → normalization → MLP. Shape (*S', 2)."""
-    x = features.adafac_features(p, g, tensor_state)
+    """[d, m] planes for every entry of one tensor: features → normalization → MLP."""
+    cols = features.columns(p, g, tensor_state, features.ADAFAC_GROUPS, features.RMS_EPS)
     time_w = theta["mlp"]["w0"][features.NUM_ADAFAC_FEATURES:]
     # Time features are equal for all entries: their first-layer term is a bias (not normalized).
-    return apply_mlp(theta["mlp"], x, features.column_scale(x),
-                     features.time_features(t) @ time_w)
+    return mlp_on_columns(theta["mlp"], cols, features.time_features(t) @ time_w)
 
 
 def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=EXP_MULT):
@@ -175,8 +196,7 @@ def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=E
     updates, new_acc = [], []
     for p, g, s in zip(leaves, grad_leaves, acc_leaves):  # trace-time loop over tensors
         s = acc.update_tensor(s, g, m_dec, r_dec, a_dec)
-        out = mlp_outputs(theta, p, g, s, state.step)
-        d, m = out[..., 0], out[..., 1]
+        d, m = mlp_outputs(theta, p, g, s, state.step)[:2]
         updates.append(-(d * jnp.exp(m * exp_mult) * step_mult).reshape(p.shape))  # Celo Eq. (2)
         new_acc.append(s)
     return (treedef.unflatten(updates),

@@ -52,8 +52,11 @@ def test_five_updates_match_reference(sfl_oracle):
                                     jnp.broadcast_to(features.time_features(k),
                                                      raw.shape[:-1] + (11,))], -1)
             assert rel_col_err(full, o[f"step{k}/features/{n}"]) < 1e-4, (k, n)
-            out = sfl.mlp_outputs(theta, params[n], grads[n], s, jnp.int32(k))
+            out = jnp.stack(sfl.mlp_outputs(theta, params[n], grads[n], s, jnp.int32(k)), -1)
             assert rel_col_err(out, o[f"step{k}/mlp_out/{n}"]) < 1e-4, (k, n)
+            # the fused path equals the plain MLP on the normalized feature matrix
+            ref = sfl.apply_mlp(theta["mlp"], full)
+            assert rel_col_err(out, ref) < 1e-5, (k, n)
         updates, state = step(theta, state, params, grads, jnp.float32(o[f"step{k}/loss"]))
         params = optax.apply_updates(params, updates)
         for n in NAMES:
@@ -160,3 +163,20 @@ def test_lstm_step_matches_hand_computed_gates():
     np.testing.assert_allclose(c2, c_ref, rtol=1e-5)
     np.testing.assert_allclose(h2, h_ref, rtol=1e-5)
     assert sfl.init_lstm(jax.random.PRNGKey(0), 18, 64)["w"].shape == (82, 256)
+
+
+@pytest.mark.parametrize("hidden", [4, 32])
+@pytest.mark.parametrize("shape", [(6, 5), (2, 3, 4), (7,), ()])
+def test_fused_mlp_equals_plain_mlp_on_stacked_features(hidden, shape):
+    key = jax.random.PRNGKey(hidden)
+    mlp = sfl.init_mlp(key, (28, hidden, hidden, 2))
+    p = jax.random.normal(key, shape)
+    s = acc.init_tensor(p)
+    for i in range(3):
+        g = jax.random.normal(jax.random.fold_in(key, i), shape)
+        s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS, acc.ADAFACTOR_DECAYS)
+    cols = features.columns(p, g, s, features.ADAFAC_GROUPS, features.RMS_EPS)
+    x = features.stack(cols)
+    fused = jnp.stack(sfl.mlp_on_columns(mlp, cols), -1)
+    plain = sfl.apply_mlp(mlp, x, features.column_scale(x))
+    np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
