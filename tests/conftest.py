@@ -2,12 +2,21 @@
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 sys.path.insert(0, ROOT)
+
+# Compiling dominates this suite's time: keep compiled programs on disk (same program in several
+# tests, and across runs), so each is compiled once. Set LOPT_JAX_CACHE="" to turn it off.
+_CACHE = os.environ.get("LOPT_JAX_CACHE", os.path.join(ROOT, ".cache", "jax"))
+if _CACHE:
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def load_oracle(name):
