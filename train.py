@@ -85,11 +85,15 @@ class Recipe(NamedTuple):
     settings: Any = ()         # overrides of the settings block: ((name, value), ...)
     stages: Any = (Stage(),)
     task_transform: Callable = lambda task: task   # e.g. μP re-parametrization (mup.py)
+    problem: Callable = None   # (task, lopt, cfg) -> pes.Problem; None: make_problem below
+    per_step: bool = True      # False: not an optax per-step optimizer (e.g. local-SGD server
+                               # updates), so evaluate.py's per-step suite does not apply
 
 
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
     "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
+    # --- more registry entries below (one per learned optimizer) ---
 }
 
 
@@ -237,7 +241,8 @@ class Trainer:
         self.pes_cfgs, self.problems, self.datas = [], [], []
         for group in self.groups:
             lopt = r.build(group[0], **dict(stage.build_kwargs))
-            self.problems.append(make_problem(group[0], lopt, cfg["augment"]))
+            self.problems.append(make_problem(group[0], lopt, cfg["augment"]) if r.problem is None
+                                 else r.problem(group[0], lopt, cfg))
             self.pes_cfgs.append(pes.Config(cfg["pairs_per_task"] * len(group), cfg["truncation"],
                                             cfg["sigma"], cfg["min_horizon"], cfg["max_horizon"]))
             self.datas.append(tasks.stack_data([t.data for t in group]))
