@@ -1,0 +1,247 @@
+"""Celo: a learned LSTM scheduler on top of a learned per-parameter MLP update rule.
+
+Moudgil et al., "Celo: Training Versatile Learned Optimizers on a Compute Diet", TMLR 2025
+(celo.txt) §3 and Algorithm 1. One scalar η_t from an LSTM that reads only global features
+(training progress, loss EMAs) scales the step of a tiny MLP applied to every parameter:
+    Δp = λ1 · d · exp(λ2 · m) · rms(p) · η_t,   η_t = α · exp(o_t),   p ← p − Δp
+The two parts are meta-trained in two stages (§3 "Decoupled training"): stage 1 trains θ["rule"]
+with η ≡ 1, stage 2 freezes it and trains θ["scheduler"]. Follows small_fc_lopt's contract.
+
+θ layout (nested dict of float32 arrays; the reference's dead parameters are not kept):
+    θ["rule"]       per-parameter MLP 30 → 4 → ReLU → 4 → ReLU → 2 (d, m):
+                    w0 (30, 4), b0 (4,), w1 (4, 4), b1 (4,), w2 (4, 2), b2 (2,)     154 numbers
+    θ["scheduler"]  mix  {w (18, 64), b (64,)}    x' = proj(x) + ReLU(mix(x))
+                    proj {w (18, 64), b (64,)}
+                    lstm {w (128, 256), b (256,)} haiku LSTM(64), gates i, g, f, o
+                    out  {w (64, 1), b (1,)}      η = α · exp(out(h))
+                    h0 (64,), c0 (64,)            learned initial LSTM state       35,649 numbers
+Total 35,803 (the published 37,089 less 1,286 dead numbers; see convert_celo_weights.py).
+"""
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import accumulators as acc
+import features
+from small_fc_lopt import LearnedOptimizer, as_optax, init_lstm, init_mlp, lstm_step
+
+# Fixed scalars of Algorithm 1 (celo.txt Alg. 1 line 2) and the reference code (amoudgl/celo).
+STEP_MULT = 1e-3          # λ1 (Celo Eq. (2))
+EXP_MULT = 1e-3           # λ2 (Celo Eq. (2))
+ALPHA = 0.1               # α: η = α·exp(o) (Celo Alg. 1 line 7; reference `* 0.1`)
+GRAD_CLIP = 1000.0        # g ← clip(g, ±1000) before everything (reference; REFERENCE.md "Celo")
+PARAM_SCALE_EPS = 1e-9    # rms(p) = sqrt(mean(p²) + 1e-9) (reference)
+# Structure (static): widths of the update rule and of the scheduler (Celo §5; published θ).
+HIDDEN = 4                # per-parameter MLP hidden width (as VeLO's MLPs)
+HIDDEN_LAYERS = 2
+NUM_OUTPUTS = 2           # d, m (the reference's third output is never read: dropped)
+LSTM_HIDDEN = 64          # scheduler LSTM width (the published θ; reference default 128)
+NUM_RULE_INPUTS = features.NUM_VELO_FEATURES                                  # 30
+NUM_SCHEDULER_INPUTS = len(features.PROGRESS_SHIFTS) + acc.NUM_LOSS_EMAS - 1  # 9 + 9 = 18
+# Meta-training stages (Celo §3 "Decoupled training", Fig. 3): the θ sub-tree a stage trains
+# (the rest stays frozen) and whether that stage's optimizer uses the scheduler.
+STAGES = {1: ("rule", False), 2: ("scheduler", True)}
+
+
+# ----------------------------------------------------------------------------- meta-parameters
+
+def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidden=LSTM_HIDDEN):
+    """θ at meta-initialization: haiku's defaults (truncated normal 1/sqrt(fan_in), zero biases,
+    zero initial LSTM state), as the reference's `Celo.init`."""
+    k_rule, k_mix, k_proj, k_lstm, k_out = jax.random.split(key, 5)
+    sizes = (NUM_RULE_INPUTS,) + (hidden,) * hidden_layers + (NUM_OUTPUTS,)
+    linear = lambda k, n_in, n_out: {"w": init_mlp(k, (n_in, n_out))["w0"],
+                                     "b": jnp.zeros((n_out,), jnp.float32)}
+    scheduler = {"mix": linear(k_mix, NUM_SCHEDULER_INPUTS, lstm_hidden),
+                 "proj": linear(k_proj, NUM_SCHEDULER_INPUTS, lstm_hidden),
+                 "lstm": init_lstm(k_lstm, lstm_hidden, lstm_hidden),
+                 "out": linear(k_out, lstm_hidden, 1),
+                 "h0": jnp.zeros((lstm_hidden,), jnp.float32),
+                 "c0": jnp.zeros((lstm_hidden,), jnp.float32)}
+    return {"rule": init_mlp(k_rule, sizes), "scheduler": scheduler}
+
+
+def num_meta_params(hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidden=LSTM_HIDDEN):
+    """The parameter count by formula (tested against count_params(init_meta_params(...)))."""
+    widths = (NUM_RULE_INPUTS,) + (hidden,) * hidden_layers + (NUM_OUTPUTS,)
+    rule = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    s = lstm_hidden
+    scheduler = (2 * (NUM_SCHEDULER_INPUTS * s + s)   # mix and proj
+                 + 2 * s * 4 * s + 4 * s              # LSTM: [x', h] (2s) → 4 gates of s
+                 + s + 1                              # out
+                 + 2 * s)                             # h0, c0
+    return rule + scheduler
+
+
+# ----------------------------------------------------------------------------- state
+
+class State(NamedTuple):
+    acc: Any                      # pytree like params: an accumulators.TensorState per tensor
+    loss_ema: acc.LossEMAState    # the ten loss EMAs behind the loss features
+    lstm_h: jnp.ndarray           # (64,) scheduler LSTM state (one for all tensors: its inputs
+    lstm_c: jnp.ndarray           # are global, so the reference's per-tensor copies are equal)
+    eta: jnp.ndarray              # () η used by the latest update (0 before the first one)
+    step: jnp.ndarray             # () int32, updates done so far (t)
+    num_steps: jnp.ndarray        # () int32, planned training length N
+
+
+def init(theta, params, num_steps):
+    """Zero accumulators and loss EMAs; the scheduler starts from its learned (h0, c0)."""
+    sched = theta["scheduler"]
+    return State(jax.tree.map(acc.init_tensor, params), acc.init_loss_ema(num_steps),
+                 sched["h0"], sched["c0"], jnp.zeros((), jnp.float32),
+                 jnp.zeros((), jnp.int32), jnp.asarray(num_steps, jnp.int32))
+
+
+# ----------------------------------------------------------------------------- the scheduler
+
+def scheduler_inputs(t, num_steps, loss_ema):
+    """x^s = concat(ω^p, ω^l) (Celo Alg. 1 lines 4–5): 9 progress + 9 loss features.
+    Progress first: the reference sorts its input names, "fraction_left" < "loss_features"."""
+    return jnp.concatenate([features.progress_features(t, num_steps),
+                            features.loss_features(loss_ema)])
+
+
+def scheduler(sched, x, h, c):
+    """o_t = f_lstm(x^s), η_t = α·exp(o_t) (Celo Alg. 1 lines 6–7). Returns (η, h', c').
+
+    x' = proj(x) + ReLU(mix(x)): the reference takes a max over tensors of ReLU(mix(x)), which is
+    ReLU(mix(x)) itself since x is the same for every tensor. LSTM(64) with forget bias +1."""
+    x = x @ sched["proj"]["w"] + sched["proj"]["b"] + jax.nn.relu(
+        x @ sched["mix"]["w"] + sched["mix"]["b"])
+    h, c = lstm_step(sched["lstm"], x, h, c)
+    o = (h @ sched["out"]["w"] + sched["out"]["b"])[0]              # Celo Alg. 1 line 6
+    return ALPHA * jnp.exp(o), h, c                                 # Celo Alg. 1 line 7
+
+
+def _scheduler_step(theta, state, loss_ema):
+    """η_t, h', c' at update t = state.step, from the loss EMAs that already absorbed L_t."""
+    x = scheduler_inputs(state.step, state.num_steps, loss_ema)
+    return scheduler(theta["scheduler"], x, state.lstm_h, state.lstm_c)
+
+
+def learning_rate(theta, state, loss):
+    """η_t that the next update (from `state`, with minibatch loss `loss`) will use: the ratio of
+    the full optimizer's step to the stage-1 (η ≡ 1) step from the same state. For plots of the
+    learned schedule; `state.eta` holds the η of the latest update at no extra cost."""
+    loss_ema, _ = acc.update_loss_ema(state.loss_ema, jnp.asarray(loss, jnp.float32))
+    return _scheduler_step(theta, state, loss_ema)[0]
+
+
+# ----------------------------------------------------------------------------- the update rule
+# Speed (measured, XLA:CPU, one 1024×1024 tensor, rule only): the plain form — build the (…, 30)
+# features, normalize them with features.column_scale, multiply by W0 with small_fc_lopt.apply_mlp
+# — takes 450–650 ms; the form below ~40 ms, with the same maths (tested against the plain form):
+#   * one array per feature channel (XLA simplifies the slices of the concatenation away);
+#   * all 30 mean squares in ONE variadic reduction (one pass over memory, not 30);
+#   * the MLP written out unit by unit on per-entry arrays (the reference also splits its first
+#     layer by input group: "faster than ... matmuls"); (…, 4)-shaped layers are ~6× slower;
+#   * the features computed twice, once for the reduction, once for the MLP (see rule_outputs).
+
+SUM_BLOCK = 256  # sums of squares in blocks of 256: a variadic reduction adds sequentially, so
+                 # unblocked float32 sums over 1e6 entries drift by 1e-3–1e-2 (measured)
+
+
+def feature_columns(p, g, tensor_state):
+    """The 30 raw input channels of the rule (features.velo_features), one array per channel."""
+    x = features.velo_features(p, g, tensor_state)                 # Celo Alg. 1 line 10
+    return [x[..., c] for c in range(x.shape[-1])]
+
+
+def column_mean_squares(cols):
+    """[mean over the tensor of x_c²] for all columns in a single variadic reduction."""
+    n = cols[0].size
+    pad = -n % SUM_BLOCK
+    blocks = tuple(jnp.pad(jnp.square(c).reshape(-1), (0, pad)).reshape(-1, SUM_BLOCK)
+                   for c in cols)
+    zeros = tuple(jnp.zeros((), jnp.float32) for _ in cols)
+    sums = jax.lax.reduce(blocks, zeros, _add_pairwise, (1,))
+    return jnp.stack([jnp.sum(s) for s in sums]) / n
+
+
+def _add_pairwise(a, b):
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def apply_mlp_columns(mlp, cols, scale):
+    """apply_mlp(mlp, stack(cols, -1), scale) written out unit by unit on per-entry arrays:
+    h_j = Σ_c x_c·(s_c·W0[c, j]) + b0_j, and so on; returns the list of output columns."""
+    num_layers = sum(1 for k in mlp if k.startswith("w"))
+    w0 = scale[:, None] * mlp["w0"]                    # (x·s) @ W0 = x @ (s·W0)
+    h = [sum(x * w0[c, j] for c, x in enumerate(cols)) + mlp["b0"][j]
+         for j in range(w0.shape[1])]
+    for i in range(1, num_layers):
+        w, b = mlp[f"w{i}"], mlp[f"b{i}"]
+        h = [jax.nn.relu(x) for x in h]
+        h = [sum(x * w[k, j] for k, x in enumerate(h)) + b[j] for j in range(w.shape[1])]
+    return h
+
+
+def rule_outputs(rule, p, g, tensor_state):
+    """d, m = f_mlp(F) (Celo Alg. 1 lines 10–11): the 30 features of the *updated* accumulators,
+    each normalized over the tensor by rsqrt(1e-5 + mean x²) (folded into the first layer)."""
+    scale = jax.lax.rsqrt(features.NORM_EPS
+                          + column_mean_squares(feature_columns(p, g, tensor_state)))
+    # The MLP recomputes the features rather than share them with the reduction above: shared,
+    # XLA materializes the (…, 30) concatenation, 3× slower on CPU (measured). The barrier only
+    # stops XLA from merging the two identical computations back into one.
+    p, g, tensor_state = jax.lax.optimization_barrier((p, g, tensor_state))
+    cols = feature_columns(p, g, tensor_state)
+    d, m = apply_mlp_columns(rule, cols, scale)                     # Celo Alg. 1 line 11
+    return d, m
+
+
+def param_scale(p):
+    """sqrt(mean(p²) + 1e-9): the tensor's RMS, as the reference code computes it. Algorithm 1
+    line 12 writes the L2 norm ‖p‖₂ (larger by sqrt(p.size)); the published θ was meta-trained
+    with the RMS, so we follow the code. An all-zero tensor gets sqrt(1e-9) ≈ 3.2e-5."""
+    return jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)
+
+
+def step(theta, state, params, grads, loss, use_scheduler=True):
+    """One Celo update (Algorithm 1, in the order of the reference code). Returns optax-style
+    updates (to *add* to params) and the new state. `use_scheduler=False` is stage 1: η ≡ 1,
+    θ["scheduler"] unused and the LSTM state left as it is."""
+    # Celo Alg. 1 line 3 (the loss part): the EMAs absorb L_t (kept up to date in stage 1 too)
+    loss_ema, _ = acc.update_loss_ema(state.loss_ema, jnp.asarray(loss, jnp.float32))
+    # reference: g ← clip(g, ±1000); the clipped g is used everywhere after
+    grads = jax.tree.map(lambda g: jnp.clip(g, -GRAD_CLIP, GRAD_CLIP), grads)
+    if use_scheduler:
+        eta, h, c = _scheduler_step(theta, state, loss_ema)         # Celo Alg. 1 lines 4–7
+    else:
+        eta, h, c = jnp.float32(1.0), state.lstm_h, state.lstm_c    # stage 1: η ≡ 1
+    leaves, treedef = jax.tree.flatten(params)
+    grad_leaves = treedef.flatten_up_to(grads)
+    acc_leaves = treedef.flatten_up_to(state.acc)
+    updates, new_acc = [], []
+    for p, g, s in zip(leaves, grad_leaves, acc_leaves):  # trace-time loop over tensors (line 9)
+        s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,   # Celo Alg. 1 line 3:
+                              acc.ADAFACTOR_DECAYS)                        # fixed decays
+        d, m = rule_outputs(theta["rule"], p, g, s)
+        # Celo Alg. 1 lines 12–13 (Eq. (2) times the tensor RMS, see param_scale, times η_t)
+        delta = STEP_MULT * d * jnp.exp(EXP_MULT * m) * (param_scale(p) * eta)
+        updates.append(-delta.reshape(p.shape))                      # Celo Alg. 1 line 14
+        new_acc.append(s)
+    new_state = State(treedef.unflatten(new_acc), loss_ema, h, c, eta,
+                      state.step + 1, state.num_steps)
+    return treedef.unflatten(updates), new_state
+
+
+# ----------------------------------------------------------------------------- the contract
+
+def learned_optimizer(use_scheduler=True, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS,
+                      lstm_hidden=LSTM_HIDDEN, name=None):
+    """The contract record. use_scheduler=False is stage 1 ("celo_stage1", η ≡ 1); θ keeps the
+    same layout in both stages so that a stage-1 θ is the starting point of stage 2."""
+    name = name or ("celo" if use_scheduler else "celo_stage1")
+    return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden,
+                                          hidden_layers=hidden_layers, lstm_hidden=lstm_hidden),
+                            init, partial(step, use_scheduler=use_scheduler), needs_loss=True)
+
+
+def optimizer(theta, num_steps, use_scheduler=True):
+    """Celo with meta-parameters θ as an optax transformation:
+    `updates, state = tx.update(grads, state, params, value=loss)`."""
+    return as_optax(learned_optimizer(use_scheduler=use_scheduler), theta, num_steps)
