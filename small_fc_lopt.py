@@ -106,13 +106,12 @@ def apply_mlp(mlp, x, scale=None, extra_bias=0.0):
 PLANAR_MAX_HIDDEN = 8   # up to this width, hidden units are separate planes (fused multiply-adds)
 
 
-def mlp_on_columns(mlp, cols, extra_bias=0.0):
-    """The same MLP as apply_mlp on features.Columns, normalization folded in; returns the output
-    units as a list of planes of the tensor's shape. A 4-wide MLP is a few dozen multiply-adds
-    per entry: written unit by unit, XLA fuses it with the features into a couple of passes over
-    the tensor (≈3× faster on CPU than materializing (*S, C) features and a K=28, N=4 matmul)."""
+def mlp_on_columns(mlp, cols, w0, extra_bias=0.0):
+    """The MLP on features.Columns, with the first layer's (normalization-folded) weights w0;
+    returns the output units as a list of planes of the tensor's shape. A 4-wide MLP is a few
+    dozen multiply-adds per entry: written unit by unit, XLA fuses it with the features into
+    one pass over the tensor (K = 28, N = 4 matmuls on (…, 28) arrays are several times slower)."""
     num_layers = sum(1 for k in mlp if k.startswith("w"))
-    w0 = features.scales(cols)[:, None] * mlp["w0"][: cols.num]
     h = [x + b for x, b in zip(features.first_layer(cols, w0), mlp["b0"] + extra_bias)]
     for i in range(1, num_layers):
         w, b = mlp[f"w{i}"], mlp[f"b{i}"]
@@ -123,6 +122,20 @@ def mlp_on_columns(mlp, cols, extra_bias=0.0):
             z = jnp.stack(a, axis=-1) @ w + b
             h = [z[..., j] for j in range(w.shape[1])]
     return h
+
+
+def per_parameter_mlp(mlp, p, g, state, groups, fac_mom_eps, extra_bias=0.0):
+    """apply_mlp(mlp, normalize_columns(features)) for every entry of one tensor, fast: output
+    units as planes. Shared by small_fc_lopt, Celo and VeLO (each passes its feature groups).
+
+    Two passes over the tensor: one reduction for the normalization factors (folded into W0),
+    then the MLP, which *recomputes* the features instead of reading them back — sharing them,
+    XLA writes the whole (…, C) feature array, ~2.5× slower on CPU (measured). The
+    optimization_barrier only stops XLA from merging the two identical computations."""
+    cols = features.columns(p, g, state, groups, fac_mom_eps)
+    w0 = features.scales(cols)[:, None] * mlp["w0"][: cols.num]
+    p, g, state = jax.lax.optimization_barrier((p, g, state))
+    return mlp_on_columns(mlp, features.columns(p, g, state, groups, fac_mom_eps), w0, extra_bias)
 
 
 def init_lstm(key, input_size, hidden):
@@ -180,10 +193,10 @@ def init(theta, params, num_steps):
 
 def mlp_outputs(theta, p, g, tensor_state, t):
     """[d, m] planes for every entry of one tensor: features → normalization → MLP."""
-    cols = features.columns(p, g, tensor_state, features.ADAFAC_GROUPS, features.RMS_EPS)
     time_w = theta["mlp"]["w0"][features.NUM_ADAFAC_FEATURES:]
     # Time features are equal for all entries: their first-layer term is a bias (not normalized).
-    return mlp_on_columns(theta["mlp"], cols, features.time_features(t) @ time_w)
+    return per_parameter_mlp(theta["mlp"], p, g, tensor_state, features.ADAFAC_GROUPS,
+                             features.RMS_EPS, features.time_features(t) @ time_w)
 
 
 def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=EXP_MULT):

@@ -559,6 +559,9 @@ def save_checkpoint(path, optimizer_name, theta, config=None, state=None, meta=N
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is a normal file
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

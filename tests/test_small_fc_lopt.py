@@ -175,8 +175,8 @@ def test_fused_mlp_equals_plain_mlp_on_stacked_features(hidden, shape):
     for i in range(3):
         g = jax.random.normal(jax.random.fold_in(key, i), shape)
         s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS, acc.ADAFACTOR_DECAYS)
-    cols = features.columns(p, g, s, features.ADAFAC_GROUPS, features.RMS_EPS)
-    x = features.stack(cols)
-    fused = jnp.stack(sfl.mlp_on_columns(mlp, cols), -1)
+    x = features.stack(features.columns(p, g, s, features.ADAFAC_GROUPS, features.RMS_EPS))
+    fused = jnp.stack(sfl.per_parameter_mlp(mlp, p, g, s, features.ADAFAC_GROUPS,
+                                            features.RMS_EPS), -1)
     plain = sfl.apply_mlp(mlp, x, features.column_scale(x))
     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
