@@ -1,0 +1,240 @@
+"""VeLO: a per-tensor LSTM hypernetwork that writes a tiny per-parameter MLP for every tensor.
+
+Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up" (velo_summary.txt)
+App. B.3 (tensor-level LSTM), B.4 (parameter-level MLP), B.7 (cost); μLO (mulo.txt) App. A.1.2
+Eq. (9) and App. A.3 Tables 3–4 (the 30 MLP and 30 LSTM inputs). Matches learned_optimization's
+HyperV2 (the released VeLO configuration) on tests/data/velo_tiny.npz.
+
+One step, for a model with T parameter tensors:
+  1. the loss EMAs absorb the minibatch loss (accumulators.py); g ← clip(g, ±1000);
+  2. per tensor, 30 LSTM inputs from p and the *previous* m, rms (features.velo_lstm_features),
+     stacked to X (T, 30); one batched LSTM step for all tensors (VeLO App. B.3):
+        v = max_t relu(X W_mix + b_mix),  X' = X W_in + b_in + v,  (h, c) ← LSTM(X', h, c),
+        controls C = h W_c + b_c (T, K),  lr_mult α = h w_s + b_s (T,)  (raw: may be negative);
+  3. the bank of K MLPs is mixed into one MLP per tensor, θ_t = (100/K)·Σ_k C_tk θ_k (App. B.4);
+  4. accumulators absorb g; per parameter, 30 normalized inputs (μLO Table 3) → θ_t → (d, m);
+        p ← p − α_t · d · sqrt(mean_t(p²) + 1e-9) · exp(λ2·m) · λ1      (μLO Eq. (9), B.4).
+
+θ layout (reference haiku name in brackets; H = LSTM width, K = bank size, F = 4):
+  mix       {w (30, H), b (H,)}       [rnn_params/linear_1]   relu → max over tensors
+  proj      {w (30, H), b (H,)}       [rnn_params/linear_2]   LSTM input projection
+  lstm      {w (2H, 4H), b (4H,)}     [rnn_params/rnn/linear] rows [x'; h], gates i, g, f, o
+  lstm_init {h (H,), c (H,)}          [lstm_init_state/{hidden, cell}]
+  controls  {w (H, K), b (K,)}        [rnn_params/rnn_to_controls]
+  lr_mult   {w (H, 1), b (1,)}        [rnn_params/step_size]
+  bank      {w0 (K, 30, F), b0 (K, F), w1 (K, F, F), b1 (K, F), w2 (K, F, 2), b2 (K, 2)}
+            [ff_mod_stack/~: w0 = rows of w0__0 … w0__13 in *numeric* order]
+Two groups of reference parameters are dead and left out of θ: rnn_params/linear (a first mix
+layer computed, then overwritten: 31·H) and the bank's third output (never read: 5·K).
+Sizes are read back from θ's shapes, so a checkpoint alone defines the optimizer.
+"""
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import accumulators as acc
+import features
+from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, lstm_step,
+                           per_parameter_mlp)
+
+STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
+EXP_MULT = 1e-3        # λ2 (μLO Eq. (9); reference exp_mult)
+GRAD_CLIP = 1000.0     # g ← clip(g, ±1000) before anything reads it (reference)
+MIX_SCALE = 100.0      # θ_t = 100 · mean_k(C_tk θ_k) (reference interpolate_theta)
+PARAM_SCALE_EPS = 1e-9  # sqrt(mean p² + 1e-9): the tensor's RMS scales the step (reference)
+FF_HIDDEN = 4          # per-parameter MLP 30 → 4 → 4 → (d, m) (VeLO App. B.4)
+FF_HIDDEN_LAYERS = 2
+FF_OUTPUTS = 2         # direction, log-magnitude; the reference's third output is never read
+FAC_MOM_EPS = 0.0      # m·(u + ε)^−1/2 for < 2-d tensors: VeLO has no ε (small_fc_lopt: 1e-6)
+NUM_MLP_INPUTS = features.NUM_VELO_FEATURES    # 30 (μLO Table 3)
+NUM_LSTM_INPUTS = features.NUM_LSTM_FEATURES   # 30 (μLO Table 4)
+
+# (LSTM width H, bank size K). paper: VeLO App. B.3 / the released weights (2,320,385 reference
+# meta-parameters, 2,303,233 live). small: "VeLO-S" of Celo §5 and App. A.2, our default for
+# CPU meta-training (see `learned_optimizer`). tiny: the oracle file's size (reference count 1985).
+SIZES = {"paper": (512, 256), "small": (64, 32), "tiny": (8, 4)}
+
+
+def reference_param_count(lstm_hidden, bank):
+    """Meta-parameters of the reference HyperV2 at width H and bank K, dead ones included
+    (REFERENCE.md "VeLO"): LSTM gates, controls head, three 30→H layers, step-size head,
+    initial state, and K MLPs of 30·4+4 + 4·4+4 + 4·3+3 = 159."""
+    h, k = lstm_hidden, bank
+    mlp = (NUM_MLP_INPUTS * FF_HIDDEN + FF_HIDDEN + FF_HIDDEN * FF_HIDDEN + FF_HIDDEN
+           + FF_HIDDEN * 3 + 3)
+    return ((2 * h * 4 * h + 4 * h) + (h * k + k) + 3 * (NUM_LSTM_INPUTS * h + h) + (h + 1)
+            + 2 * h + k * mlp)
+
+
+def dead_param_count(lstm_hidden, bank):
+    """Reference parameters that never affect an update, hence not in our θ: the overwritten
+    first mix layer (30·H + H) and each bank member's third output column and bias (4 + 1)."""
+    return (NUM_LSTM_INPUTS * lstm_hidden + lstm_hidden) + bank * (FF_HIDDEN + 1)
+
+
+# ----------------------------------------------------------------------------- meta-parameters
+
+def _linear(key, fan_in, fan_out):
+    """haiku.Linear's default init: truncated normal (±2σ, σ = 1/sqrt(fan_in)), zero bias."""
+    mlp = init_mlp(key, (fan_in, fan_out))
+    return {"w": mlp["w0"], "b": mlp["b0"]}
+
+
+def init_meta_params(key, lstm_hidden=SIZES["small"][0], bank=SIZES["small"][1]):
+    """Random θ as the reference initializes it (haiku defaults; zero initial LSTM state)."""
+    k_mix, k_proj, k_lstm, k_ctl, k_lr, k_bank = jax.random.split(key, 6)
+    sizes = (NUM_MLP_INPUTS,) + (FF_HIDDEN,) * FF_HIDDEN_LAYERS + (FF_OUTPUTS,)
+    # Each member: truncated normal σ = 1/sqrt(fan_in) (first layer: fan_in = all 30 inputs).
+    bank_mlps = jax.vmap(lambda k: init_mlp(k, sizes))(jax.random.split(k_bank, bank))
+    return {"mix": _linear(k_mix, NUM_LSTM_INPUTS, lstm_hidden),
+            "proj": _linear(k_proj, NUM_LSTM_INPUTS, lstm_hidden),
+            "lstm": init_lstm(k_lstm, lstm_hidden, lstm_hidden),
+            "lstm_init": {"h": jnp.zeros((lstm_hidden,), jnp.float32),
+                          "c": jnp.zeros((lstm_hidden,), jnp.float32)},
+            "controls": _linear(k_ctl, lstm_hidden, bank),
+            "lr_mult": _linear(k_lr, lstm_hidden, 1),
+            "bank": bank_mlps}
+
+
+def sizes_of(theta):
+    """(LSTM width H, bank size K) read from θ's shapes."""
+    return theta["lstm_init"]["h"].shape[-1], theta["bank"]["w0"].shape[0]
+
+
+# ----------------------------------------------------------------------------- the two networks
+
+def lstm_forward(theta, x, h, c):
+    """One LSTM step for all T tensors at once (VeLO App. B.3). x: (T, 30); h, c: (T, H).
+    Returns controls (T, K), lr_mult (T,) and the new (h, c)."""
+    mix = jax.nn.relu(x @ theta["mix"]["w"] + theta["mix"]["b"])
+    v = jnp.max(mix, axis=0, keepdims=True)                   # shares information across tensors
+    x = x @ theta["proj"]["w"] + theta["proj"]["b"] + v
+    h, c = lstm_step(theta["lstm"], x, h, c)                   # haiku LSTM, forget bias +1
+    controls = h @ theta["controls"]["w"] + theta["controls"]["b"]
+    lr_mult = (h @ theta["lr_mult"]["w"] + theta["lr_mult"]["b"])[:, 0]  # raw, linear
+    return controls, lr_mult, h, c
+
+
+def mix_bank(bank, controls):
+    """θ_t = (100/K) Σ_k C_tk θ_k for every weight and bias (VeLO App. B.4; the reference writes
+    100·mean_k). One (T, K) × (K, ·) matmul per leaf; leaves gain a leading tensor axis T."""
+    k = controls.shape[-1]
+    return jax.tree.map(lambda w: jnp.tensordot(controls, w, axes=1) * (MIX_SCALE / k), bank)
+
+
+def mlp_outputs(mlp, p, g, state):
+    """[d, m] for every entry of one tensor (planes of shape p.shape, (1,) for a scalar): the 30
+    features of μLO Table 3 → per-column normalization → the tensor's mixed MLP (VeLO App. B.4).
+
+    Per-parameter cost dominates (VeLO App. B.7), so this is small_fc_lopt.per_parameter_mlp,
+    shared with small_fc_lopt and Celo: normalization folded into the first layer, Adafactor
+    row/column features kept at their reduced shape, the 4-wide MLP unrolled into elementwise
+    multiply-adds that XLA fuses; the (*S, 30) feature matrix is never written."""
+    return per_parameter_mlp(mlp, p, g, state, features.VELO_GROUPS, FAC_MOM_EPS)[:FF_OUTPUTS]
+
+
+def tensor_step(mlp, lr_mult, p, g, state, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+    """The update added to one tensor, Δp = −α · d · RMS(p) · exp(λ2 m) · λ1 (μLO Eq. (9);
+    VeLO App. B.4). `state` holds the accumulators that already absorbed g."""
+    d, m = mlp_outputs(mlp, p, g, state)
+    param_scale = jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)  # the RMS, not the norm
+    step = d * (param_scale * jnp.exp(m * exp_mult)) * step_mult * lr_mult
+    return -step.reshape(p.shape)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+class State(NamedTuple):
+    acc: Any                 # pytree like params, an accumulators.TensorState per tensor
+    lstm_h: jnp.ndarray      # (T, H) per-tensor LSTM state, carried across steps
+    lstm_c: jnp.ndarray      # (T, H)
+    loss: acc.LossEMAState   # the ten loss EMAs (VeLO App. B.2)
+    step: jnp.ndarray        # () int32, updates done so far
+    num_steps: jnp.ndarray   # () int32, planned training length (progress features)
+
+
+def init(theta, params, num_steps):
+    num_tensors = len(jax.tree.leaves(params))
+    tile = lambda x: jnp.broadcast_to(x, (num_tensors,) + x.shape)  # learned initial state
+    return State(jax.tree.map(acc.init_tensor, params),
+                 tile(theta["lstm_init"]["h"]), tile(theta["lstm_init"]["c"]),
+                 acc.init_loss_ema(num_steps), jnp.zeros((), jnp.int32),
+                 jnp.asarray(num_steps, jnp.int32))
+
+
+def lstm_inputs(state, params, loss_state):
+    """X (T, 30): one row of LSTM inputs per tensor, from p and the previous m, rms."""
+    leaves, treedef = jax.tree.flatten(params)
+    acc_leaves = treedef.flatten_up_to(state.acc)
+    shared = jnp.concatenate([features.progress_features(state.step, state.num_steps),
+                              features.loss_features(loss_state)])       # same for all tensors
+    per_tensor = jnp.stack([features.tensor_features(p, s.m, s.rms)
+                            for p, s in zip(leaves, acc_leaves)])       # trace-time loop
+    return jnp.concatenate([jnp.broadcast_to(shared, (len(leaves),) + shared.shape),
+                            per_tensor], axis=1)
+
+
+def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+    """One VeLO update (module docstring, steps 1–4); returns (updates to add, new state)."""
+    loss_state, _ = acc.update_loss_ema(state.loss, loss)
+    grads = jax.tree.map(lambda g: jnp.clip(g, -GRAD_CLIP, GRAD_CLIP), grads)
+    x = lstm_inputs(state, params, loss_state)
+    controls, lr_mult, h, c = lstm_forward(theta, x, state.lstm_h, state.lstm_c)
+    mixed = mix_bank(theta["bank"], controls)
+    leaves, treedef = jax.tree.flatten(params)
+    grad_leaves = treedef.flatten_up_to(grads)
+    acc_leaves = treedef.flatten_up_to(state.acc)
+    updates, new_acc = [], []
+    for i, (p, g, s) in enumerate(zip(leaves, grad_leaves, acc_leaves)):  # trace-time loop
+        s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS, acc.ADAFACTOR_DECAYS)
+        mlp = jax.tree.map(lambda w: w[i], mixed)
+        updates.append(tensor_step(mlp, lr_mult[i], p, g, s, step_mult, exp_mult))
+        new_acc.append(s)
+    return (treedef.unflatten(updates),
+            State(treedef.unflatten(new_acc), h, c, loss_state, state.step + 1, state.num_steps))
+
+
+def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT):
+    """The contract record for one of SIZES.
+
+    "small" (H = 64, K = 32) is Celo's VeLO-S (Celo §5, App. A.2): a published size with
+    published results to compare with (Celo Tables 1, 4, 5), the same LSTM width as Celo's
+    scheduler, and 44,193 live meta-parameters, about Celo's 35.6k that the same PES budget
+    trains. Its LSTM costs 2H·4H ≈ 33k multiply-adds per tensor per step, about the per-parameter
+    work on the small meta-training MLPs (~2.4k parameters × ~150 FLOPs), so CPU meta-training is
+    not dominated by the hypernetwork; the paper size (H = 512) costs 64× that per tensor.
+    """
+    lstm_hidden, bank = SIZES[size]
+    return LearnedOptimizer(f"velo_{size}",
+                            partial(init_meta_params, lstm_hidden=lstm_hidden, bank=bank),
+                            init, partial(step, step_mult=step_mult, exp_mult=exp_mult),
+                            needs_loss=True)
+
+
+def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+    """VeLO with meta-parameters θ (any size: read from θ) as an optax transformation; call
+    `tx.update(grads, state, params, value=loss)`."""
+    lopt = LearnedOptimizer("velo", init_meta_params, init,
+                            partial(step, step_mult=step_mult, exp_mult=exp_mult), needs_loss=True)
+    return as_optax(lopt, theta, num_steps)
+
+
+def theta_from_reference(flat):
+    """Our θ from a reference HyperV2 θ given as {"theta/<haiku path>": array} (the oracle npz
+    layout): drops the dead parameters and concatenates w0__0 … w0__13 in numeric order (string
+    order — w0__0, w0__1, w0__10, … — gives the right shape with the wrong rows)."""
+    get = lambda k: jnp.asarray(flat[f"theta/{k}"], jnp.float32)
+    lin = lambda k: {"w": get(f"rnn_params/{k}/w"), "b": get(f"rnn_params/{k}/b")}
+    ff = "ff_mod_stack/~"
+    blocks = sorted((k for k in flat if k.startswith(f"theta/{ff}/w0__")),
+                    key=lambda k: int(k.rsplit("__", 1)[1]))
+    bank = {"w0": jnp.concatenate([jnp.asarray(flat[k], jnp.float32) for k in blocks], axis=1),
+            "b0": get(f"{ff}/b0"), "w1": get(f"{ff}/w1"), "b1": get(f"{ff}/b1"),
+            "w2": get(f"{ff}/w2")[..., :FF_OUTPUTS], "b2": get(f"{ff}/b2")[..., :FF_OUTPUTS]}
+    return {"mix": lin("linear_1"), "proj": lin("linear_2"), "lstm": lin("rnn/linear"),
+            "lstm_init": {"h": get("lstm_init_state/hidden")[0],
+                          "c": get("lstm_init_state/cell")[0]},
+            "controls": lin("rnn_to_controls"), "lr_mult": lin("step_size"), "bank": bank}
+
