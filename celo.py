@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from small_fc_lopt import LearnedOptimizer, as_optax, init_lstm, init_mlp, lstm_step
+from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, lstm_step,
+                           per_parameter_mlp)
 
 # Fixed scalars of Algorithm 1 (celo.txt Alg. 1 line 2) and the reference code (amoudgl/celo).
 STEP_MULT = 1e-3          # λ1 (Celo Eq. (2))
@@ -131,66 +132,12 @@ def learning_rate(theta, state, loss):
 
 
 # ----------------------------------------------------------------------------- the update rule
-# Speed (measured, XLA:CPU, one 1024×1024 tensor, rule only): the plain form — build the (…, 30)
-# features, normalize them with features.column_scale, multiply by W0 with small_fc_lopt.apply_mlp
-# — takes 450–650 ms; the form below ~40 ms, with the same maths (tested against the plain form):
-#   * one array per feature channel (XLA simplifies the slices of the concatenation away);
-#   * all 30 mean squares in ONE variadic reduction (one pass over memory, not 30);
-#   * the MLP written out unit by unit on per-entry arrays (the reference also splits its first
-#     layer by input group: "faster than ... matmuls"); (…, 4)-shaped layers are ~6× slower;
-#   * the features computed twice, once for the reduction, once for the MLP (see rule_outputs).
-
-SUM_BLOCK = 256  # sums of squares in blocks of 256: a variadic reduction adds sequentially, so
-                 # unblocked float32 sums over 1e6 entries drift by 1e-3–1e-2 (measured)
-
-
-def feature_columns(p, g, tensor_state):
-    """The 30 raw input channels of the rule (features.velo_features), one array per channel."""
-    x = features.velo_features(p, g, tensor_state)                 # Celo Alg. 1 line 10
-    return [x[..., c] for c in range(x.shape[-1])]
-
-
-def column_mean_squares(cols):
-    """[mean over the tensor of x_c²] for all columns in a single variadic reduction."""
-    n = cols[0].size
-    pad = -n % SUM_BLOCK
-    blocks = tuple(jnp.pad(jnp.square(c).reshape(-1), (0, pad)).reshape(-1, SUM_BLOCK)
-                   for c in cols)
-    zeros = tuple(jnp.zeros((), jnp.float32) for _ in cols)
-    sums = jax.lax.reduce(blocks, zeros, _add_pairwise, (1,))
-    return jnp.stack([jnp.sum(s) for s in sums]) / n
-
-
-def _add_pairwise(a, b):
-    return tuple(x + y for x, y in zip(a, b))
-
-
-def apply_mlp_columns(mlp, cols, scale):
-    """apply_mlp(mlp, stack(cols, -1), scale) written out unit by unit on per-entry arrays:
-    h_j = Σ_c x_c·(s_c·W0[c, j]) + b0_j, and so on; returns the list of output columns."""
-    num_layers = sum(1 for k in mlp if k.startswith("w"))
-    w0 = scale[:, None] * mlp["w0"]                    # (x·s) @ W0 = x @ (s·W0)
-    h = [sum(x * w0[c, j] for c, x in enumerate(cols)) + mlp["b0"][j]
-         for j in range(w0.shape[1])]
-    for i in range(1, num_layers):
-        w, b = mlp[f"w{i}"], mlp[f"b{i}"]
-        h = [jax.nn.relu(x) for x in h]
-        h = [sum(x * w[k, j] for k, x in enumerate(h)) + b[j] for j in range(w.shape[1])]
-    return h
-
 
 def rule_outputs(rule, p, g, tensor_state):
-    """d, m = f_mlp(F) (Celo Alg. 1 lines 10–11): the 30 features of the *updated* accumulators,
-    each normalized over the tensor by rsqrt(1e-5 + mean x²) (folded into the first layer)."""
-    scale = jax.lax.rsqrt(features.NORM_EPS
-                          + column_mean_squares(feature_columns(p, g, tensor_state)))
-    # The MLP recomputes the features rather than share them with the reduction above: shared,
-    # XLA materializes the (…, 30) concatenation, 3× slower on CPU (measured). The barrier only
-    # stops XLA from merging the two identical computations back into one.
-    p, g, tensor_state = jax.lax.optimization_barrier((p, g, tensor_state))
-    cols = feature_columns(p, g, tensor_state)
-    d, m = apply_mlp_columns(rule, cols, scale)                     # Celo Alg. 1 line 11
-    return d, m
+    """[d, m] = f_mlp(F) (Celo Alg. 1 lines 10–11): the 30 features (features.VELO_GROUPS) of the
+    *updated* accumulators, each normalized over the tensor by rsqrt(1e-5 + mean x²) (folded
+    into the first layer; small_fc_lopt.per_parameter_mlp, shared with VeLO)."""
+    return per_parameter_mlp(rule, p, g, tensor_state, features.VELO_GROUPS, 0.0)[:2]
 
 
 def param_scale(p):

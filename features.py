@@ -174,16 +174,23 @@ SUM_BLOCK = 256  # mean squares are summed in blocks of 256 entries, then over b
                  # entries drifts by 1e-3–1e-2 relative (measured while writing celo.py)
 
 
-def mean_squares(planes):
-    """[mean of x² over all entries] for several same-shaped arrays in ONE variadic reduction,
-    so XLA reads their common inputs once instead of once per plane (one pass over memory)."""
-    n = planes[0].size
+def means(xs):
+    """[mean over all entries] of several same-shaped arrays in ONE variadic reduction, so XLA
+    reads their common inputs once instead of once per mean (one pass over memory)."""
+    xs = tuple(xs)
+    n = xs[0].size
+    if xs[0].ndim == 0:
+        return list(xs)
     pad = -n % SUM_BLOCK
-    blocks = tuple(jnp.pad(jnp.square(x).reshape(-1), (0, pad)).reshape(-1, SUM_BLOCK)
-                   for x in planes)
-    sums = jax.lax.reduce(blocks, tuple(jnp.zeros((), x.dtype) for x in planes),
+    blocks = tuple(jnp.pad(x.reshape(-1), (0, pad)).reshape(-1, SUM_BLOCK) for x in xs)
+    sums = jax.lax.reduce(blocks, tuple(jnp.zeros((), x.dtype) for x in xs),
                           lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
     return [jnp.sum(x) / n for x in sums]
+
+
+def mean_squares(planes):
+    """[mean of x²] of several same-shaped arrays, in one pass (see `means`)."""
+    return means([jnp.square(x) for x in planes])
 
 
 def scales(cols):
@@ -259,18 +266,6 @@ def rank_onehot(shape):
         else jnp.zeros(NUM_RANKS, jnp.float32)
 
 
-def fused_means(xs):
-    """Means over all entries of several same-shaped arrays in one pass: a single variadic
-    reduction, so XLA reads their shared inputs once instead of once per mean (3–6× faster on
-    CPU than separate jnp.mean calls). Sums the last axis first, then the partial sums."""
-    xs = tuple(xs)
-    if xs[0].ndim == 0:
-        return list(xs)
-    partial = jax.lax.reduce(xs, tuple(jnp.zeros((), x.dtype) for x in xs),
-                             lambda a, b: tuple(u + v for u, v in zip(a, b)), (xs[0].ndim - 1,))
-    return [jnp.sum(s) / xs[0].size for s in partial]
-
-
 def tensor_features(p, m, rms):
     """The 12 per-tensor inputs of VeLO's LSTM read from one tensor (μLO Table 4), in the
     reference's order: mean_rms (1), rank one-hot (5), var_m (3), var_rms (3).
@@ -285,8 +280,8 @@ def tensor_features(p, m, rms):
     """
     ms = [m[..., j] for j in range(m.shape[-1])]
     v = rms[..., 0]
-    mean_p2, mean_v, *mean_m = fused_means([jnp.square(p), v] + ms)       # pass 1
-    var = fused_means([jnp.square(mj - mu) for mj, mu in zip(ms, mean_m)]  # pass 2
+    mean_p2, mean_v, *mean_m = means([jnp.square(p), v] + ms)       # pass 1
+    var = means([jnp.square(mj - mu) for mj, mu in zip(ms, mean_m)]  # pass 2
                       + [jnp.square(v - mu) for mu in mean_m])
     s2 = 1.0 / jnp.maximum(PARAM_SCALE_FLOOR, mean_p2)                   # s²
     var_m = s2 * jnp.stack(var[:len(ms)])                                # μLO A.1.2 var_mom

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import local_sgd
+import celo
 import pes
 import small_fc_lopt
 import tasks
@@ -90,10 +92,27 @@ class Recipe(NamedTuple):
                                # updates), so evaluate.py's per-step suite does not apply
 
 
+CELO_SETTINGS = (("meta_lr", 3e-4), ("final_lr", 3e-4), ("warmup_steps", 0))
+
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
     "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
+    # Celo (celo.txt §3, App. A.3): stage 1 learns the update rule with η ≡ 1, stage 2 the
+    # scheduler with the rule frozen; outer AdamW at a constant 3e-4 with weight decay 1e-4.
+    "celo": Recipe(lambda task, **kw: celo.learned_optimizer(**kw),
+                   settings=CELO_SETTINGS,
+                   stages=(Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False),)),
+                           Stage("scheduler", ("scheduler",), "", (("use_scheduler", True),)))),
+    # Ablations of Celo Table 3: (c) single-stage (joint) training, (b) no scheduler (η ≡ 1).
+    "celo_joint": Recipe(lambda task, **kw: celo.learned_optimizer(**kw), settings=CELO_SETTINGS),
+    "celo_no_scheduler": Recipe(lambda task, **kw: celo.learned_optimizer(use_scheduler=False),
+                                settings=CELO_SETTINGS),
     # --- more registry entries below (one per learned optimizer) ---
+    # Local SGD with a learned global update (Joseph et al. 2023): one PES step = one round.
+    "local_sgd_lopt": Recipe(lambda task: local_sgd.lopt(), settings=local_sgd.TRAIN_SETTINGS,
+                             problem=local_sgd.train_problem, per_step=False),
+    "local_sgd_lagg": Recipe(lambda task: local_sgd.lagg(), settings=local_sgd.TRAIN_SETTINGS,
+                             problem=local_sgd.train_problem, per_step=False),
 }
 
 

@@ -242,17 +242,6 @@ def test_rule_equals_apply_mlp_on_normalized_features():
         np.testing.assert_allclose(ours, oracle, rtol=1e-5, atol=1e-5 * np.abs(oracle).max())
 
 
-def test_column_mean_squares_is_accurate():
-    """float64 oracle; 100,003 entries (not a multiple of the block) and a 2-d tensor."""
-    rng = np.random.RandomState(0)
-    for shape in [(100003,), (37, 29)]:
-        cols = [rng.normal(size=shape) * 3 + 1, np.abs(rng.normal(size=shape)) * 1e-3,
-                np.ones(shape)]
-        expect = [np.mean(c ** 2) for c in cols]
-        got = jax.jit(celo.column_mean_squares)([jnp.asarray(c, jnp.float32) for c in cols])
-        np.testing.assert_allclose(got, expect, rtol=2e-6)
-
-
 def test_step_is_eq2_times_tensor_rms_times_eta(paper_theta):
     """Δp = 1e-3·d·exp(1e-3·m)·sqrt(mean p² + 1e-9)·η — the RMS, not Algorithm 1's ‖p‖₂; the
     all-zero b gets sqrt(1e-9). A rule with zero weights outputs its last bias: d = 0.7, m = 300."""

@@ -106,3 +106,14 @@ def test_loss_features_reference_and_signs(velo_oracle):
     for t in range(50):
         s, _ = acc.update_loss_ema(s, jnp.float32(2.3 * np.exp(-t / 30) + 0.2))
     np.testing.assert_allclose(features.loss_features(s), -1.0)
+
+
+def test_mean_squares_is_accurate():
+    """float64 oracle; 100,003 entries (not a multiple of the block) and a 2-d tensor."""
+    rng = np.random.RandomState(0)
+    for shape in [(100003,), (37, 29)]:
+        cols = [rng.normal(size=shape) * 3 + 1, np.abs(rng.normal(size=shape)) * 1e-3,
+                np.ones(shape)]
+        expect = [np.mean(c ** 2) for c in cols]
+        got = jax.jit(features.mean_squares)([jnp.asarray(c, jnp.float32) for c in cols])
+        np.testing.assert_allclose(got, expect, rtol=2e-6)

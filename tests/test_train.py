@@ -125,3 +125,32 @@ def test_settings_block_is_overridable():
     cfg = train.resolve(train.parse_args(["--meta-lr", "0.5", "--task-set", "quadratic"]))
     assert cfg["meta_lr"] == 0.5 and cfg["task_set"] == "quadratic"
     assert cfg["out"] == os.path.join("checkpoints", "small_fc_lopt.npz")
+
+
+def test_celo_stage2_trains_only_the_scheduler(tmp_path):
+    kw = dict(opt="celo", meta_lr=1e-2, final_lr=1e-2)
+    stage1 = tiny_cfg(tmp_path / "s", meta_steps=2, stage1_steps=2, **kw)
+    theta1, _ = train.meta_train(stage1, log=quiet)
+    theta2, _ = train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=4, stage1_steps=2,
+                                          resume=True, **kw), log=quiet)
+    init = train.recipe("celo").build(None).init_meta_params(jax.random.fold_in(jax.random.PRNGKey(0), 10 ** 6))
+    changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert changed(init["rule"], theta1["rule"]) and not changed(init["scheduler"], theta1["scheduler"])
+    assert not changed(theta1["rule"], theta2["rule"]) and changed(theta1["scheduler"], theta2["scheduler"])
+
+
+def test_augmented_inner_loss_is_the_plain_loss_at_tau_w():
+    """Celo Eqs. (7)–(10): the optimizer holds w = θ0/τ; the loss it sees is L(τ·w)."""
+    task = train.tasks.get_task("teacher_student")
+    lopt = train.small_fc_lopt.learned_optimizer()
+    theta = lopt.init_meta_params(jax.random.PRNGKey(0))
+    prob = train.make_problem(task, lopt, "global")
+    key = jax.random.PRNGKey(3)
+    inner = prob.init_inner(theta, {}, task.data, key, 100)
+    tau = jax.tree.leaves(inner.tau)[0]
+    assert not np.isclose(float(tau), 1.0)
+    batch = task.sample_batch(task.data, jax.random.PRNGKey(5))
+    _, loss = prob.step_inner(theta, {}, task.data, inner, jax.random.PRNGKey(5))
+    plain = task.loss(jax.tree.map(lambda w: tau * w, inner.params), batch)
+    np.testing.assert_allclose(loss, plain, rtol=1e-5)
+    np.testing.assert_allclose(plain, task.loss(task.init(jax.random.split(key)[0]), batch), rtol=1e-4)
