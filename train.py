@@ -32,6 +32,7 @@ import celo
 import pes
 import small_fc_lopt
 import tasks
+import velo
 
 # ----------------------------------------------------------------------------- settings
 opt = "small_fc_lopt"      # learned optimizer to meta-train (a key of OPTIMIZERS below)
@@ -107,6 +108,9 @@ OPTIMIZERS = {
     "celo_joint": Recipe(lambda task, **kw: celo.learned_optimizer(**kw), settings=CELO_SETTINGS),
     "celo_no_scheduler": Recipe(lambda task, **kw: celo.learned_optimizer(use_scheduler=False),
                                 settings=CELO_SETTINGS),
+    # VeLO (velo_summary.txt) at the small size (LSTM 64, bank 32: Celo's VeLO-S); the paper
+    # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
+    "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"), settings=CELO_SETTINGS),
     # --- more registry entries below (one per learned optimizer) ---
     # Local SGD with a learned global update (Joseph et al. 2023): one PES step = one round.
     "local_sgd_lopt": Recipe(lambda task: local_sgd.lopt(), settings=local_sgd.TRAIN_SETTINGS,
@@ -470,8 +474,9 @@ def meta_train(cfg, log=print):
                                  f"{float(stats['grad_norm']):.4g}", f"{now - progress.t0:.2f}"])
                     ema = loss if ema is None else 0.9 * ema + 0.1 * loss
                     step += 1
-                    progress.update(step, ema, trainer.inner_steps / max(now - t_prev, 1e-9),
-                                    force=step == last)
+                    rate = trainer.inner_steps / max(now - t_prev, 1e-9)
+                    if step - 1 > first or step == last:  # the first step of a stage compiles
+                        progress.update(step, ema, rate, force=step == last)
                     t_prev = now
                     if now - last_save > cfg["save_every_s"]:
                         save()

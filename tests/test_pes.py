@@ -85,6 +85,22 @@ def test_es_matches_autodiff():
     assert abs(float(g["log_lr"]) - float(true)) < 0.15 * abs(float(true))
 
 
+def test_es_and_pes_agree_in_expectation():
+    """Both estimate the gradient of the mean loss of 8-step runs: ES from whole runs, PES from
+    two truncations of 4 (their mean, since each truncation's loss is a mean over 4 steps)."""
+    theta = {"log_lr": jnp.float32(np.log(0.25))}
+    prob = quadratic_problem()
+    es = jax.jit(partial(pes.es_gradient, prob, pes.Config(num_pairs=4096), num_steps=8))
+    g_es, _ = es(theta, None, {}, jax.random.PRNGKey(7))
+    cfg = pes.Config(num_pairs=4096, truncation=4, min_horizon=8, max_horizon=8)
+    state = pes.init(prob, cfg, theta, None, {}, jax.random.PRNGKey(8), random_offsets=False)
+    grad = jax.jit(partial(pes.gradient, prob, cfg))
+    g1, state, _ = grad(theta, None, {}, state, jax.random.PRNGKey(9))
+    g2, _, _ = grad(theta, None, {}, state, jax.random.PRNGKey(10))
+    g_pes = (g1["log_lr"] + g2["log_lr"]) / 2
+    assert abs(float(g_pes) - float(g_es["log_lr"])) < 0.15 * abs(float(g_es["log_lr"]))
+
+
 def test_runs_restart_and_accumulator_resets():
     theta = {"log_lr": jnp.float32(np.log(0.3))}
     cfg = pes.Config(num_pairs=2, truncation=4, sigma=0.01, min_horizon=6, max_horizon=6)
