@@ -1,0 +1,383 @@
+"""evaluate.py: the Celo metrics against hand-computed values, the bootstrap's coverage, the
+training engine against a plain optax loop, the baseline cache, the CLI and its errors."""
+import inspect
+import json
+import re
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import evaluate as ev
+import small_fc_lopt as sfl
+import tasks
+import train
+
+TINY = tasks.quadratic(dim=4, condition=10.0, noise=0.1)   # compiles in about a second
+T = 20                                                      # its steps in every test
+
+
+@pytest.fixture(autouse=True)
+def nothing_under_runs(monkeypatch, tmp_path):
+    monkeypatch.setattr(ev, "COMPILE_CACHE_DIR", None)  # no persistent XLA cache in tests
+    monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "baselines")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_ema_formula_by_hand():
+    # y0 = x0; y1 = 0.9·1 + 0.1·2 = 1.1; y2 = 0.9·1.1 + 0.1·3 = 1.29 (Celo App. A.3)
+    np.testing.assert_allclose(ev.ema([1.0, 2.0, 3.0]), [1.0, 1.1, 1.29], rtol=1e-12)
+    np.testing.assert_allclose(ev.ema([[4.0, 0.0]], decay=0.5), [[4.0, 2.0]])
+    # a non-finite loss makes the rest of the run +inf (diverged: never reaches, final = inf)
+    assert np.isinf(ev.ema([1.0, np.nan, 0.5])[1:]).all()
+
+
+def test_final_loss_is_mean_of_last_ten():
+    x = np.arange(30.0)
+    assert ev.final_loss(x) == np.mean(np.arange(20.0, 30.0))
+    assert ev.final_loss(np.array([2.0, 4.0])) == 3.0        # shorter than the window: all of it
+
+
+def test_speedup_edge_cases():
+    target = np.array(1.0)
+    assert ev.speedup(np.array([0.5, 0.4, 0.3, 0.2]), target) == 4.0        # reached at step 1
+    assert ev.speedup(np.array([3.0, 2.0, 1.5, 1.2]), target) == 0.0        # never → 0
+    curve = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.9, 0.8, 0.7])
+    assert ev.steps_to_reach(curve, target) == 5                           # <= counts
+    assert ev.speedup(curve, target) == 8 / 5
+    batch = ev.speedup(np.stack([curve, curve[::-1]]), np.array([1.0, 10.0]))
+    np.testing.assert_allclose(batch, [8 / 5, 8.0])                         # per-row targets
+
+
+def test_normalized_score_and_guards():
+    np.testing.assert_allclose(ev.normalized_score(1.0, [0.5, 2.0]), [2.0, 0.5])
+    assert ev.normalized_score(1.0, np.inf) == 0.0 and ev.normalized_score(1.0, np.nan) == 0.0
+    assert ev.normalized_score(1e-6, 0.0) == 1e-6 / ev.SCORE_FLOOR           # no division by 0
+
+
+def test_iqm_median_mean_optimality_gap_by_hand():
+    s = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 100.0]])   # 2 tasks × 4 seeds
+    assert ev.iqm(s) == np.mean([3.0, 4.0, 5.0, 6.0])               # drop 2 at each end of 8
+    s6 = np.array([[9.0, 1.0, 2.0], [3.0, 4.0, 50.0]])               # 6 scores: drop int(1.5)=1
+    assert ev.iqm(s6) == np.mean([2.0, 3.0, 4.0, 9.0])
+    t = np.array([[1.0, 3.0], [2.0, 10.0], [4.0, 4.0]])              # task means 2, 6, 4
+    assert ev.median(t) == 4.0 and ev.mean(t) == 4.0
+    g = np.array([[0.5, 1.5], [1.0, 0.8]])                           # clipped: .5, 1, 1, .8
+    assert ev.optimality_gap(g) == pytest.approx(1.0 - 0.825)
+    assert ev.optimality_gap(np.full((2, 3), 2.0)) == 0.0
+
+
+def test_stratified_bootstrap_by_hand():
+    s = np.array([[0.0, 1.0], [10.0, 11.0]])
+    boot = ev.stratified_bootstrap(s, reps=4000, seed=1)
+    assert boot.shape == (4000, 2, 2)
+    assert set(np.unique(boot[:, 0])) == {0.0, 1.0}                  # seeds never cross tasks
+    assert set(np.unique(boot[:, 1])) == {10.0, 11.0}
+    # one task, seeds {0, 1}: the resampled mean is 0, .5, 1 with probabilities ¼, ½, ¼
+    means = ev.mean(ev.stratified_bootstrap(s[:1], reps=4000, seed=1))
+    assert abs(np.mean(means == 0.5) - 0.5) < 0.03
+    assert ev.confidence_interval(s[:1], ev.mean) == (0.0, 1.0)
+    assert ev.confidence_interval(s, ev.iqm) == ev.confidence_interval(s, ev.iqm)  # seeded
+
+
+def test_bootstrap_ci_covers_known_mean_at_nominal_rate():
+    """4 tasks × 20 seeds of N(1.3, 1): the 95% CIs of the mean and of the IQM (population value
+    1.3 by symmetry) cover 1.3 in about 95% of 200 independent experiments."""
+    rng = np.random.default_rng(0)
+    covered = {"mean": 0, "iqm": 0}
+    trials = 200
+    for i in range(trials):
+        s = 1.3 + rng.standard_normal((4, 20))
+        for name in covered:
+            lo, hi = ev.confidence_interval(s, ev.METRICS[name], reps=500, seed=i)
+            covered[name] += lo <= 1.3 <= hi
+    for name, c in covered.items():
+        assert 0.88 <= c / trials <= 0.99, (name, c / trials)
+
+
+def test_aggregate_structure():
+    s = np.array([[1.2, 0.9, 1.1], [0.7, 0.8, 1.0]])
+    agg = ev.aggregate(s, reps=200)
+    assert set(agg) == {"iqm", "median", "mean", "optimality_gap", "ci95"}
+    for m in ev.METRICS:
+        lo, hi = agg["ci95"][m]
+        assert lo <= agg[m] + 1e-12 and agg[m] <= hi + 1e-12
+    with pytest.raises(ev.EvaluateError):
+        ev.aggregate(np.zeros((0, 3)))
+
+
+# ----------------------------------------------------------------------------- engine
+
+def python_loop_losses(task, lr, steps, seed):
+    """Oracle: the same run as a Python loop over steps of a plain optax.adam(lr) update."""
+    tx = optax.adam(lr)
+
+    @jax.jit
+    def step(params, state, t):
+        batch = task.sample_batch(task.data, jax.random.fold_in(k_data, t))
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    k_init, k_data = jax.random.split(jax.random.key(seed))
+    params = task.init(k_init)
+    state, out = tx.init(params), []
+    for t in range(steps):
+        params, state, loss = step(params, state, t)
+        out.append(float(loss))
+    return np.array(out)
+
+
+def test_vmapped_scan_matches_python_loop_and_compiles_once():
+    tuned = ev.tune_baseline(TINY, "adam", T, [0, 3], cache_dir=None)
+    assert tuned.losses.shape == (len(ev.ADAM_LRS), 2, T)
+    for k in (1, 5):
+        for n, seed in enumerate((0, 3)):
+            ref = python_loop_losses(TINY, ev.ADAM_LRS[k], T, seed)
+            np.testing.assert_allclose(tuned.losses[k, n], ref, rtol=2e-5, atol=1e-7)
+    # the best lr is the one with the lowest mean final loss
+    finals = ev.final_loss(ev.ema(tuned.losses)).mean(-1)
+    assert tuned.best == int(np.argmin(finals))
+    # a second sweep (other seeds) reuses the compiled function: no recompilation
+    runner = ev._RUNNERS[("baseline", "adam", TINY.init, TINY.loss, TINY.sample_batch, T)]
+    compiled = runner._cache_size()
+    ev.tune_baseline(TINY, "adam", T, [5, 6], cache_dir=None)
+    assert runner._cache_size() == compiled
+
+
+def test_baseline_cache_reuses_seeds(tmp_path, monkeypatch):
+    calls = []
+    real = ev.run_curves
+
+    def counting(task, make_tx, hparams, steps, seeds, **kw):
+        calls.append(list(seeds))
+        return real(task, make_tx, hparams, steps, seeds, **kw)
+
+    monkeypatch.setattr(ev, "run_curves", counting)
+    a = ev.tune_baseline(TINY, "adam", T, [0, 1], cache_dir=tmp_path)
+    b = ev.tune_baseline(TINY, "adam", T, [1, 0, 2], cache_dir=tmp_path)
+    assert calls == [[0, 1], [2]]                       # only the missing seed is trained
+    np.testing.assert_array_equal(b.losses[:, :2], a.losses[:, ::-1])
+    path, = tmp_path.glob("adam/*.npz")
+    key = lambda task=TINY, name="adam", lrs=ev.ADAM_LRS, steps=T: ev._cache_path(
+        tmp_path, task, name, lrs, steps)
+    assert key() == path                                # keyed by task, baseline, grid, steps
+    assert len({key(), key(steps=T + 1), key(name="adamw"), key(lrs=ev.ADAM_LRS[1:]),
+                key(task=TINY._replace(name="renamed")),
+                key(task=tasks.quadratic(dim=4, condition=10.0, noise=0.2))}) == 6
+    path.write_bytes(b"not a zip")                      # corrupt: warned about and recomputed
+    ev.tune_baseline(TINY, "adam", T, [0], cache_dir=tmp_path)
+    assert calls[-1] == [0]
+    with pytest.raises(ev.EvaluateError, match="unknown baseline 'nope'; valid: adam"):
+        ev.tune_baseline(TINY, "nope", T, [0], cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- API
+
+def test_evaluate_optax_transformation_on_any_task():
+    """optax.adam at tuned Adam's own lr reproduces tuned Adam exactly (same seeds, batches)."""
+    adam = ev.tune_baseline(TINY, "adam", T, [0, 1, 2], cache_dir=None)
+    lr = float(adam.lrs[adam.best])
+    entry = ev.evaluate_task(TINY, optax.adam(lr), steps=T, seeds=3, cache_dir=None)
+    assert entry["final_loss"]["opt"] == pytest.approx(entry["final_loss"]["adam"], rel=1e-5)
+    assert entry["adam_lr"] == pytest.approx(lr)
+
+
+class EtaState(NamedTuple):
+    """An optimizer state exposing η, like Celo's State.eta."""
+    count: jax.Array
+    eta: jax.Array
+
+
+def scheduled_sgd(task, num_steps):
+    """SGD with η_t = 0.1·(1 − t/T), η exposed in the state (a stand-in learned schedule)."""
+    def init(params):
+        return EtaState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+
+    def update(grads, state, params=None, **extra):
+        eta = 0.1 * (1.0 - state.count / num_steps)
+        return (jax.tree.map(lambda g: -eta * g, grads),
+                EtaState(state.count + 1, jnp.asarray(eta, jnp.float32)))
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_schedule_recorded_and_plots_written(tmp_path):
+    res = ev.evaluate(scheduled_sgd, [TINY], steps=T, seeds=2, cache_dir=None, reps=100)
+    eta = res.curves[TINY.name]["eta"]
+    np.testing.assert_allclose(eta[1], 0.1 * (1.0 - np.arange(T) / T), rtol=1e-6)
+    written = ev.write_plots(res, tmp_path)
+    assert {p.name for p in written} == {"curves.png", "aggregate.png", "schedule.png"}
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    """train.py's pinned registry API, with small_fc_lopt, until the engine lands."""
+    monkeypatch.setattr(train, "OPTIMIZERS", {"small_fc_lopt": None, "celo": None},
+                        raising=False)
+    monkeypatch.setattr(train, "make_optax",
+                        lambda name, theta, task, num_steps: sfl.optimizer(theta, num_steps),
+                        raising=False)
+
+    def prepare_task(name, task):
+        if task.name == "skip_me":
+            raise tasks.InvalidOptionError(f"{name} cannot train {task.name}")
+        return task
+    monkeypatch.setattr(train, "prepare_task", prepare_task, raising=False)
+
+
+def test_learned_optimizer_checkpoint_and_compare(tmp_path, fake_registry):
+    theta = sfl.init_meta_params(jax.random.key(0))
+    path = tmp_path / "sfl.npz"
+    train.save_checkpoint(str(path), "small_fc_lopt", theta)
+    entry = ev.evaluate_task(TINY, "small_fc_lopt", steps=T, seeds=2, checkpoint=path,
+                             cache_dir=None)
+    direct = ev.evaluate_task(TINY, "small_fc_lopt", steps=T, seeds=2, theta=theta,
+                              cache_dir=None)            # θ is an argument: no recompilation
+    assert entry["seeds"]["final_loss"] == direct["seeds"]["final_loss"]
+    moved = jax.tree.map(lambda x: x + 0.5, theta)        # another θ changes the run
+    assert ev.evaluate_task(TINY, "small_fc_lopt", steps=T, seeds=2, theta=moved,
+                            cache_dir=None)["seeds"]["final_loss"] != entry["seeds"]["final_loss"]
+    # a task the optimizer cannot train (prepare_task raises) is skipped and reported
+    both = ev.evaluate("small_fc_lopt", [TINY, TINY._replace(name="skip_me")], T, 2, theta=theta,
+                       cache_dir=None, reps=100).result
+    assert list(both["tasks"]) == [TINY.name]
+    assert both["skipped"] == {"skip_me": "small_fc_lopt cannot train skip_me"}
+    assert re.search(r"\nskip_me +skipped: small_fc_lopt cannot train skip_me",
+                     ev.format_table(both))
+    with pytest.raises(ev.EvaluateError, match="applies to none of the tasks"):
+        ev.evaluate("small_fc_lopt", [TINY._replace(name="skip_me")], T, 2, theta=theta)
+    out = ev.compare("small_fc_lopt", theta, ["quadratic_d256_k1e4"], steps=T, seeds=2)
+    assert set(out) >= {"opt", "tasks", "aggregate"} and "quadratic_d256_k1e4" in out["tasks"]
+    assert "quadratic_d256_k1e4" in ev.format_table(out)
+
+
+# ----------------------------------------------------------------------------- the suite
+
+def builder_defaults(builder):
+    return {k: p.default for k, p in inspect.signature(getattr(tasks, builder)).parameters.items()}
+
+
+def in_meta_training_family(entry):
+    """Could tasks.sample_task_family (or celo_meta_training_tasks) draw this structure?"""
+    k = {**builder_defaults(entry.builder), **entry.kwargs}
+    uniform = lambda h: len(set(h)) == 1
+    if entry.builder == "image_mlp":
+        return (k["dataset"] in tasks.FAMILY_DATASETS and uniform(k["hidden"])
+                and k["hidden"][0] in tasks.FAMILY_WIDTHS
+                and len(k["hidden"]) in tasks.FAMILY_DEPTHS
+                and k["activation"] in tasks.FAMILY_ACTIVATIONS
+                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES)
+    if entry.builder == "image_conv":
+        return (k["dataset"] in tasks.FAMILY_DATASETS and k["kernel"] == 3
+                and tuple(k["channels"]) in tasks.FAMILY_CONV_CHANNELS
+                and k["activation"] in tasks.FAMILY_ACTIVATIONS
+                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES)
+    if entry.builder == "image_autoencoder":
+        return (k["dataset"] in tasks.FAMILY_DATASETS and tuple(k["hidden"]) in
+                tasks.FAMILY_AE_HIDDEN and k["activation"] == "relu"
+                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES)
+    if entry.builder == "teacher_student":
+        f = tasks.FAMILY_TS
+        return (k["in_dim"] in f["in_dim"] and uniform(k["hidden"]) and k["hidden"][0] in
+                f["width"] and len(k["hidden"]) in f["depth"] and k["out_dim"] in f["out_dim"]
+                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES and k["noise"] == 0.0
+                and k["activation"] in tasks.FAMILY_ACTIVATIONS)
+    if entry.builder == "byte_lm":
+        f = tasks.FAMILY_LM
+        return (k["context"] in f["context"] and k["embed"] in f["embed"]
+                and k["hidden"] == 2 * k["embed"] and k["layers"] in f["layers"]
+                and k["heads"] == 2 and k["batch_size"] in f["batch_size"]
+                and k["activation"] == "gelu")
+    return entry.builder in tasks.FAMILY_KIND_PROBS
+
+
+def test_suite_is_held_out_and_builds():
+    assert len(ev.SUITE) >= 12 and set(ev.QUICK) <= set(ev.SUITE)
+    assert max(e.horizon for e in ev.SUITE.values()) >= 3
+    kinds = {e.builder for e in ev.SUITE.values()}
+    assert kinds >= {"image_mlp", "image_conv", "image_autoencoder", "byte_lm",
+                     "teacher_student"}
+    # the check itself can fail: the meta-training task and a family member are detected
+    assert in_meta_training_family(ev.SuiteTask("image_mlp", dict(hidden=(32,)), 1, ""))
+    assert in_meta_training_family(ev.SuiteTask("byte_lm", {}, 1, ""))
+    for name, entry in ev.SUITE.items():
+        assert not in_meta_training_family(entry), name
+        task, horizon = ev.suite_task(name)
+        assert task.name == name and horizon == entry.horizon
+        key = jax.random.key(0)
+        loss = jax.eval_shape(task.loss, jax.eval_shape(task.init, key),
+                              jax.eval_shape(task.sample_batch, task.data, key))
+        assert loss.shape == () and loss.dtype == jnp.float32
+    assert ev.resolve_tasks("quick,fmnist8_mlp_w1024,quick") == list(ev.QUICK) + [
+        "fmnist8_mlp_w1024"]
+    assert ev.resolve_tasks("all") == list(ev.SUITE)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+
+def run_cli(capsys, *args):
+    code = ev.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_quick_end_to_end_json_schema(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    code, out, _ = run_cli(capsys, "--opt", "adam", "--tasks", "quick", "--steps", "15",
+                           "--seeds", "3", "--json", str(path), "--cache", str(tmp_path / "c"))
+    assert code == 0
+    r = json.loads(path.read_text())
+    assert r["opt"] == "adam" and list(r["tasks"]) == list(ev.QUICK)
+    for name, t in r["tasks"].items():
+        assert set(t["final_loss"]) == {"opt", "adam"} and name in out
+        assert isinstance(t["score"], float) and isinstance(t["speedup"], float)
+        assert t["steps"] == 15 * ev.SUITE[name].horizon
+        assert len(t["seeds"]["score"]) == 3
+    for key in ("score", "speedup"):
+        agg = r["aggregate"][key]
+        assert set(agg) == {"iqm", "median", "mean", "optimality_gap", "ci95"}
+        assert set(agg["ci95"]) == set(ev.METRICS) and all(len(v) == 2 for v in
+                                                              agg["ci95"].values())
+    assert "iqm" in out and "optimality_gap" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--opt", "nope"), "unknown optimizer 'nope'; valid: adam, adamw, sgdm"),
+    (("--opt", "adam", "--tasks", "quick,nope"), "unknown task 'nope'; valid: all, quick, "),
+    (("--opt", "adam", "--checkpoint", "x.npz"), "adam is a tuned baseline"),
+    (("--opt", "adam", "--steps", "0"), "--seeds and --steps must be >= 1"),
+    (("--opt", "celo", "--checkpoint", "missing.npz"), "does not exist"),
+])
+def test_cli_bad_input_one_line_error(capsys, fake_registry, args, needle):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+
+
+def test_cli_checkpoint_of_another_optimizer(tmp_path, capsys, fake_registry):
+    celo_ckpt = ev.ROOT / "checkpoints" / "celo_paper.npz"   # holds "celo"
+    code, _, err = run_cli(capsys, "--opt", "small_fc_lopt", "--checkpoint", str(celo_ckpt))
+    assert code == 2 and err.count("\n") == 1
+    assert "'celo'" in err and "'small_fc_lopt'" in err
+    corrupt = tmp_path / "bad.npz"
+    corrupt.write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "--opt", "celo", "--checkpoint", str(corrupt))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.skipif("celo" not in getattr(train, "OPTIMIZERS", {}), reason="celo not registered")
+def test_real_celo_from_shipped_checkpoint_records_its_schedule():
+    """train.py's registry and the shipped Celo θ: η_t is recorded; η_0 (before any loss
+    history) is the same on every seed, as Celo's scheduler sees only progress and loss EMAs."""
+    res = ev.evaluate("celo", [TINY], steps=T, seeds=2, cache_dir=None, reps=100)
+    eta = res.curves[TINY.name]["eta"]
+    assert eta.shape == (2, T) and np.all(np.isfinite(eta)) and np.all(eta > 0)
+    np.testing.assert_allclose(eta[0, 0], eta[1, 0], rtol=1e-6)
+    assert np.std(eta[0]) > 0                                # a schedule, not a constant
