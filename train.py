@@ -29,6 +29,7 @@ import optax
 
 import local_sgd
 import celo
+import mup
 import pes
 import small_fc_lopt
 import tasks
@@ -112,6 +113,14 @@ OPTIMIZERS = {
     # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
     "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"), settings=CELO_SETTINGS),
     # --- more registry entries below (one per learned optimizer) ---
+    # μLO (mulo.txt §4, App. C): small_fc_lopt in μP on μP optimizees (mup.py), meta-trained on
+    # several widths at once; its SP twin (LO_M) with the same recipe; μVeLO_M.
+    "mu_small_fc_lopt": Recipe(lambda task: mup.build_small_fc_lopt(task, mup.MU),
+                               settings=mup.TRAIN_SETTINGS, task_transform=mup.mu_task),
+    "sp_small_fc_lopt": Recipe(lambda task: mup.build_small_fc_lopt(task, mup.SP),
+                               settings=mup.TRAIN_SETTINGS, task_transform=mup.sp_task),
+    "mu_velo": Recipe(mup.build_velo, settings=mup.VELO_TRAIN_SETTINGS,
+                      task_transform=mup.mu_task),
     # Local SGD with a learned global update (Joseph et al. 2023): one PES step = one round.
     "local_sgd_lopt": Recipe(lambda task: local_sgd.lopt(), settings=local_sgd.TRAIN_SETTINGS,
                              problem=local_sgd.train_problem, per_step=False),
@@ -215,7 +224,12 @@ def meta_tasks(cfg, name):
     """Task groups for meta-training: lists of same-structure tasks whose data stack."""
     prepare = partial(prepare_task, name)
     if cfg["task_set"] == "celo":
-        return [[prepare(t) for t in tasks.celo_meta_training_tasks()]]
+        # Celo App. A.4 uses MNIST, Fashion-MNIST, CIFAR-10 and SVHN at 8×8; offline we have
+        # Fashion-MNIST (and MNIST / CIFAR-10 once in the cache), plus its inverted-intensity
+        # twin for a second, differently conditioned dataset of the same structure.
+        names = [d for d in tasks.CELO_DATASETS if tasks.dataset_available(d)]
+        names.append("fashion_mnist_8x8_inverted")
+        return [[prepare(t) for t in tasks.celo_meta_training_tasks(names)]]
     if cfg["task_set"] == "family":
         return [[prepare(t)] for t in tasks.sample_task_family(cfg["seed"], cfg["num_family_tasks"])]
     return [[prepare(tasks.get_task(n))] for n in cfg["task_set"].split(",")]
@@ -420,6 +434,9 @@ def meta_train(cfg, log=print):
             if k not in NON_RECIPE and k in saved_cfg and saved_cfg[k] != cfg[k]:
                 log(f"note: --resume keeps the run's {k}={saved_cfg[k]!r} (not {cfg[k]!r})")
                 cfg[k] = saved_cfg[k]
+        if "step" not in state:
+            raise CheckpointError(f"{path} holds θ only (a shipped, stripped checkpoint), not a "
+                                  "run to resume: drop --resume, or pass a new --out")
         step, stage_idx = int(state["step"]), int(state["stage"])
         run_state = state
     else:
@@ -516,6 +533,17 @@ def parse_args(argv=None):
 def main(argv=None):
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()   # multi-host: every host runs this same command
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--strip"]:           # python train.py --strip PATH [PATH ...]
+        try:
+            for p in argv[1:]:
+                strip_checkpoint(p)
+                print(f"stripped {p}: θ kept, resume state removed")
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     overrides = parse_args(argv)
     try:
         cfg = resolve(overrides)
@@ -618,6 +646,17 @@ def read_checkpoint(path):
     state = unflatten_tree(flat, "state")
     meta = {k[5:]: str(v) for k, v in flat.items() if k.startswith("meta/")}
     return str(flat["optimizer"]), theta, config, state, meta
+
+
+def strip_checkpoint(path, out=None):
+    """Keep θ, the configuration and provenance; drop the resume state (AdamW moments, every PES
+    particle), which is most of the file: what checkpoints/ ships for the larger runs.
+    `python train.py --strip PATH` (in place)."""
+    name, theta, config, state, meta = read_checkpoint(path)
+    meta = {**meta, "stripped": "resume state removed; θ as trained"}
+    if "step" in state:
+        meta.setdefault("meta_steps_done", str(int(state["step"])))
+    save_checkpoint(out or path, name, theta, config=config, meta=meta)
 
 
 def load_checkpoint(path):

@@ -107,6 +107,17 @@ def test_checkpoint_keys_and_no_pickle(tmp_path):
     assert any(k.startswith("theta/") for k in keys)
     assert any(k.startswith("state/opt/") for k in keys) and any(k.startswith("state/pes/") for k in keys)
     assert "config" in keys and "state/step" in keys
+    # a stripped (shipped) checkpoint keeps θ exactly, drops the resume state, refuses --resume
+    _, theta = train.load_checkpoint(cfg["out"])
+    small = str(tmp_path / "stripped.npz")
+    train.strip_checkpoint(cfg["out"], small)
+    with np.load(small, allow_pickle=False) as f:
+        assert not any(k.startswith("state/") for k in f.files)
+    name, stripped = train.load_checkpoint(small)
+    assert name == cfg["opt"]
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), theta, stripped))
+    with pytest.raises(train.CheckpointError, match="holds θ only"):
+        train.meta_train({**cfg, "out": small, "resume": True, "meta_steps": 3}, log=quiet)
 
 
 def test_cli_errors_are_one_line(tmp_path):

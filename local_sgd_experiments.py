@@ -1,0 +1,309 @@
+"""local_sgd_experiments.py: learned global updates against tuned local SGD and SlowMo, at equal
+communication rounds (issue #9 item 3; Joseph et al. 2023; REFERENCE.md "Local-SGD learned
+optimizer").
+
+    python local_sgd_experiments.py [--quick] [--rounds R] [--seeds S] [--tasks a,b] [--out DIR]
+
+K = 8 workers, H ∈ {4, 8, 16} local steps, R rounds for every method. For each held-out task and H:
+  local SGD   tuned over its local lr (LOCAL_LRS);
+  SlowMo      at that local lr, tuned over (α, β) (SLOWMO_GRID, plus α = 1, β = 0 = local SGD);
+  LOpt, LAgg  at that local lr, θ from checkpoints/ (meta-trained at H = 16), nothing tuned.
+Tuning picks the lowest mean final loss over the seeds (the seeds reported: as evaluate.py does
+for Adam). Final loss = mean of the last 10 rounds of the EMA(0.9)-smoothed training loss (Celo
+App. A.3, in rounds). Score = L_ref / L_method per seed (Celo Eq. (11)), ref = tuned local SGD or
+tuned SlowMo (mean over seeds); IQM, median, mean and optimality gap with stratified bootstrap 95%
+CIs over tasks × seeds (evaluate.py). Plots: OUT/loss_vs_rounds_H{H}.png; table: stdout and
+OUT/table.md; numbers: OUT/results.json.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import evaluate
+import local_sgd
+import tasks
+import train
+
+# ----------------------------------------------------------------------------- settings
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "results" / "local_sgd"      # --out: plots, table.md, results.json
+ROUNDS = 100                 # --rounds: communication rounds of every run (equal for all methods)
+SEEDS = 3                    # --seeds: runs per task, H and configuration (Celo App. A.3: 3)
+NUM_WORKERS = local_sgd.NUM_WORKERS       # K = 8
+LOCAL_STEPS = local_sgd.LOCAL_STEPS       # H ∈ {4, 8, 16}
+LOCAL_LRS = (0.25, 0.5, 1.0)              # local SGD's lr grid (around REFERENCE.md's 0.5)
+SLOWMO_GRID = ((0.5, 0.5), (1.0, 0.5), (2.0, 0.5), (0.5, 0.8), (1.0, 0.8))  # (α, β), Wang et al.
+                                          # 2020 tune β ∈ [0.5, 0.8] with α ≈ 1; (1, 0) is added
+HEADLINE_H = 16              # the H of the issue's target (K = 8, H = 16)
+F8, F16 = "fashion_mnist_8x8", "fashion_mnist_16x16"
+# Held-out tasks: none is the meta-training task (64 → 128 → 128 → 10 MLP on 8×8 images, batch 32).
+HELD_OUT = {
+    "fmnist8_mlp_2x256": ("image_mlp", dict(dataset=F8, hidden=(256, 256), batch_size=32),
+                          "wider MLP: 64 → 256 → 256 → 10"),
+    "fmnist8_mlp_4x128": ("image_mlp", dict(dataset=F8, hidden=(128,) * 4, batch_size=32),
+                          "deeper MLP: 4 hidden layers of 128"),
+    "fmnist16_mlp_2x128": ("image_mlp", dict(dataset=F16, hidden=(128, 128), batch_size=32),
+                           "16×16 images (4× the inputs), 2×128 MLP"),
+    "fmnist16_conv_16x32": ("image_conv", dict(dataset=F16, channels=(16, 32), batch_size=32),
+                            "conv net, 3×3 kernels, 16 → 32 channels"),
+    "devil_byte_lm": ("byte_lm", dict(context=16, embed=32, hidden=64, layers=1, heads=2,
+                                      batch_size=32), "byte-level transformer LM"),
+}
+QUICK = dict(rounds=12, seeds=2, local_steps=(2, 4), local_lrs=(0.25, 0.5),
+             slowmo_grid=((1.0, 0.5),), out=OUT / "quick",
+             tasks={"fmnist8_mlp_32": ("image_mlp", dict(dataset=F8, hidden=(32,), batch_size=16),
+                                       "tiny MLP (smoke test)"),
+                    "teacher_student": ("teacher_student", dict(in_dim=8, hidden=(16,),
+                                                                out_dim=2, batch_size=16),
+                                        "tiny regression (smoke test)")})
+METHODS = ("local_sgd", "slowmo", "local_sgd_lopt", "local_sgd_lagg")
+LABELS = {"local_sgd": "local SGD (tuned)", "slowmo": "SlowMo (tuned)",
+          "local_sgd_lopt": "LOpt (learned)", "local_sgd_lagg": "LAgg (learned)"}
+
+
+# ----------------------------------------------------------------------------- runs
+
+def final_losses(losses):
+    """[..., R] per-round losses → final loss per run (EMA 0.9, mean of the last 10 rounds)."""
+    return evaluate.final_loss(evaluate.ema(losses))
+
+
+def run_task(task, thetas, cfg, log):
+    """All H of one task: {H: {method: {"losses": (S, R), "final": (S,), ...hparams}}}."""
+    keys = jnp.stack([jax.random.key(s) for s in range(cfg["seeds"])])
+    mesh = local_sgd.make_mesh(NUM_WORKERS)
+    rounds = cfg["rounds"]
+    momentum = local_sgd.make_curves(task, local_sgd.slowmo(), rounds, NUM_WORKERS, mesh)
+    learned = {n: local_sgd.make_curves(task, u, rounds, NUM_WORKERS, mesh)
+               for n, u in (("local_sgd_lopt", local_sgd.lopt()),
+                            ("local_sgd_lagg", local_sgd.lagg(NUM_WORKERS)))}
+    stack = lambda rows: {"server_lr": jnp.asarray([r[0] for r in rows], jnp.float32),
+                          "momentum": jnp.asarray([r[1] for r in rows], jnp.float32)}
+    out = {}
+    for h in cfg["local_steps"]:
+        t0 = time.time()
+        steps = jnp.int32(h)
+        lrs = cfg["local_lrs"]
+        grid = np.asarray(momentum(stack([(1.0, 0.0)] * len(lrs)), jnp.asarray(lrs, jnp.float32),
+                                   steps, task.data, keys))                     # (C, S, R)
+        best = int(np.argmin(final_losses(grid).mean(-1)))
+        lr = lrs[best]
+        res = {"local_sgd": {"losses": grid[best], "local_lr": lr}}
+        slow = np.asarray(momentum(stack(cfg["slowmo_grid"]),
+                                   jnp.full(len(cfg["slowmo_grid"]), lr, jnp.float32), steps,
+                                   task.data, keys))
+        cand = [((1.0, 0.0), grid[best])] + list(zip(cfg["slowmo_grid"], slow))
+        (alpha, beta), curve = min(cand, key=lambda c: final_losses(c[1]).mean())
+        res["slowmo"] = {"losses": curve, "local_lr": lr, "server_lr": alpha, "momentum": beta}
+        for name, fn in learned.items():
+            theta = jax.tree.map(lambda x: x[None], thetas[name])
+            res[name] = {"losses": np.asarray(fn(theta, jnp.asarray([lr], jnp.float32), steps,
+                                                 task.data, keys))[0], "local_lr": lr}
+        for r in res.values():
+            r["losses"] = np.asarray(r["losses"], np.float64)
+            r["final"] = final_losses(r["losses"])
+        out[h] = res
+        log(f"  H={h:<2} lr={lr:<5} SlowMo (α, β)=({alpha}, {beta})  final: "
+            + "  ".join(f"{m} {res[m]['final'].mean():.4f}" for m in METHODS)
+            + f"  [{time.time() - t0:.0f} s]")
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def scores(results, h, ref):
+    """[M tasks, S seeds] scores L_ref / L_method of every method at this H (ref: a method)."""
+    out = {}
+    for m in METHODS:
+        out[m] = np.stack([evaluate.normalized_score(r[h][ref]["final"].mean(), r[h][m]["final"])
+                           for r in results.values()])
+    return out
+
+
+def round_speedup(results, h, m):
+    """Mean over tasks and seeds of R / (rounds to reach tuned local SGD's final loss), 0 if never
+    (Celo Eq. (12) with rounds in place of steps): the communication saved."""
+    vals = [evaluate.speedup(evaluate.ema(r[h][m]["losses"]), r[h]["local_sgd"]["final"].mean()
+                             * np.ones(r[h][m]["losses"].shape[0]))
+            for r in results.values()]
+    return float(np.mean(vals))
+
+
+def wins(results, h, m):
+    """Tasks where method m's mean final loss is below both tuned baselines'."""
+    return sum(r[h][m]["final"].mean() < min(r[h]["local_sgd"]["final"].mean(),
+                                             r[h]["slowmo"]["final"].mean())
+               for r in results.values())
+
+
+def summarize(results, cfg):
+    summary = {}
+    for h in cfg["local_steps"]:
+        s = {}
+        for ref in ("local_sgd", "slowmo"):
+            sc = scores(results, h, ref)
+            s[f"vs_{ref}"] = {m: evaluate.aggregate(sc[m]) for m in METHODS}
+        s["wins"] = {m: wins(results, h, m) for m in ("local_sgd_lopt", "local_sgd_lagg")}
+        s["round_speedup"] = {m: round_speedup(results, h, m) for m in METHODS}
+        summary[h] = s
+    return summary
+
+
+def format_tables(results, summary, comm, cfg):
+    tasks_ = list(results)
+    lines = [f"Local SGD, K = {NUM_WORKERS} workers, {cfg['rounds']} communication rounds, "
+             f"{cfg['seeds']} seeds. Final training loss (EMA 0.9, last 10 rounds), mean ± std "
+             "over seeds; **bold** = lowest.", ""]
+    for h in cfg["local_steps"]:
+        lines += [f"### H = {h} local steps", "",
+                  "| task | MB sent | " + " | ".join(LABELS[m] for m in METHODS) + " |",
+                  "|---|---:|" + "---:|" * len(METHODS)]
+        for t in tasks_:
+            r = results[t][h]
+            means = {m: r[m]["final"].mean() for m in METHODS}
+            best = min(means, key=means.get)
+            cells = []
+            for m in METHODS:
+                c = f"{means[m]:.4f} ± {r[m]['final'].std():.4f}"
+                cells.append(f"**{c}**" if m == best else c)
+            mb = comm[t]["total_bytes"] / 1e6
+            lines.append(f"| {t} | {mb:.1f} | " + " | ".join(cells) + " |")
+        s = summary[h]
+        lrs = [results[t][h]["local_sgd"]["local_lr"] for t in tasks_]
+        ab = [(results[t][h]["slowmo"]["server_lr"], results[t][h]["slowmo"]["momentum"])
+              for t in tasks_]
+        lines += ["", f"Tuned local lr per task: {lrs}; SlowMo (α, β): {ab}.", "",
+                  "| method | IQM score vs local SGD [95% CI] | IQM score vs SlowMo [95% CI] | "
+                  "optimality gap vs SlowMo [95% CI] | tasks beating both | "
+                  "round speedup vs local SGD |",
+                  "|---|---|---|---|---:|---:|"]
+        for m in METHODS:
+            a, b = s["vs_local_sgd"][m], s["vs_slowmo"][m]
+            w = f"{s['wins'][m]}/{len(tasks_)}" if m in s["wins"] else "—"
+            lines.append(f"| {LABELS[m]} | {a['iqm']:.3f} [{a['ci95']['iqm'][0]:.3f}, "
+                         f"{a['ci95']['iqm'][1]:.3f}] | {b['iqm']:.3f} [{b['ci95']['iqm'][0]:.3f}, "
+                         f"{b['ci95']['iqm'][1]:.3f}] | {b['optimality_gap']:.3f} "
+                         f"[{b['ci95']['optimality_gap'][0]:.3f}, "
+                         f"{b['ci95']['optimality_gap'][1]:.3f}] | {w} | "
+                         f"{s['round_speedup'][m]:.2f}× |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot(results, cfg, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    names = list(results)
+    for h in cfg["local_steps"]:
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.9), squeeze=False)
+        for ax, t in zip(axes[0], names):
+            for m in METHODS:
+                sm = evaluate.ema(results[t][h][m]["losses"])
+                x = np.arange(1, sm.shape[-1] + 1)
+                ax.plot(x, sm.mean(0), lw=1.3, label=LABELS[m])
+                ax.fill_between(x, sm.min(0), sm.max(0), alpha=0.2)
+            ax.set_yscale("log")
+            ax.set_title(t, fontsize=8)
+            ax.set_xlabel("communication round", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[0][0].set_ylabel("training loss (EMA 0.9)", fontsize=8)
+        axes[0][-1].legend(fontsize=6)
+        fig.suptitle(f"K = {NUM_WORKERS} workers, H = {h} local steps", fontsize=9)
+        fig.tight_layout()
+        path = Path(out_dir) / f"loss_vs_rounds_H{h}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- main
+
+def load_thetas(quick):
+    """θ of LOpt and LAgg from their shipped checkpoints (--quick: a fresh θ if one is missing)."""
+    thetas = {}
+    for name, update in (("local_sgd_lopt", local_sgd.lopt()),
+                         ("local_sgd_lagg", local_sgd.lagg(NUM_WORKERS))):
+        path = ROOT / "checkpoints" / f"{name}.npz"
+        if quick and not path.exists():
+            thetas[name] = update.init_meta_params(jax.random.PRNGKey(0))
+            continue
+        saved, thetas[name] = train.load_checkpoint(str(path))
+        if saved != name:
+            raise train.CheckpointError(f"{path} holds {saved}, not {name}")
+    return thetas
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny tasks, a few rounds (smoke test)")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--tasks", help="comma-separated names of HELD_OUT (default: all)")
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    cfg = dict(rounds=ROUNDS, seeds=SEEDS, local_steps=LOCAL_STEPS, local_lrs=LOCAL_LRS,
+               slowmo_grid=SLOWMO_GRID, out=OUT, tasks=HELD_OUT)
+    if a.quick:
+        cfg.update(QUICK)
+    for k in ("rounds", "seeds", "out"):
+        if getattr(a, k) is not None:
+            cfg[k] = getattr(a, k)
+    if a.tasks:
+        unknown = [t for t in a.tasks.split(",") if t not in cfg["tasks"]]
+        if unknown:
+            print(f"error: unknown task(s) {unknown}; valid: {', '.join(cfg['tasks'])}",
+                  file=sys.stderr)
+            return 2
+        cfg["tasks"] = {t: cfg["tasks"][t] for t in a.tasks.split(",")}
+    try:
+        thetas = load_thetas(a.quick)
+    except train.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(cfg["out"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    results, comm, about = {}, {}, {}
+    for name, (builder, kwargs, desc) in cfg["tasks"].items():
+        task = getattr(tasks, builder)(**kwargs)._replace(name=name)
+        params = task.init(jax.random.PRNGKey(0))
+        comm[name] = local_sgd.communication(params, NUM_WORKERS, cfg["rounds"])._asdict()
+        about[name] = desc
+        print(f"{name}: {desc}; {sum(x.size for x in jax.tree.leaves(params)):,} parameters, "
+              f"{comm[name]['bytes_per_round'] / 1e6:.2f} MB uploaded per round", flush=True)
+        t0 = time.time()
+        results[name] = run_task(task, thetas, cfg, lambda s: print(s, flush=True))
+        print(f"  {name} done in {time.time() - t0:.0f} s", flush=True)
+    summary = summarize(results, cfg)
+    table = format_tables(results, summary, comm, cfg)
+    print()
+    print(table)
+    (out_dir / "table.md").write_text(table + "\n")
+    dump = {"config": {k: (str(v) if k == "out" else v) for k, v in cfg.items() if k != "tasks"},
+            "tasks": about, "communication": comm, "seconds": round(time.time() - t_start),
+            "summary": {str(h): s for h, s in summary.items()},
+            "results": {t: {str(h): {m: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                         for k, v in r.items() if k != "losses"}
+                                     for m, r in hr.items()}
+                            for h, hr in tr.items()} for t, tr in results.items()}}
+    (out_dir / "results.json").write_text(json.dumps(dump, indent=1))
+    for path in plot(results, cfg, out_dir):
+        print(f"wrote {path}")
+    print(f"total {time.time() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""local_sgd.py against oracles: plain SGD, hand-averaged worker deltas, optax's SGD with momentum,
+hand-counted bytes, a 2-device run, and a zero MLP (= local SGD). Tiny tasks keep it fast."""
+import os
+import subprocess
+import sys
+import textwrap
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import local_sgd
+import pes
+import tasks
+
+LR = 0.3
+
+
+@pytest.fixture(scope="module")
+def quad():
+    return tasks.quadratic(dim=10, condition=10.0, noise=0.1)
+
+
+@pytest.fixture(scope="module")
+def ts():
+    return tasks.teacher_student(in_dim=4, hidden=(8,), out_dim=2, batch_size=8, noise=0.1)
+
+
+def sgd_worker(task, params, data, key, steps, lr):
+    """A worker written as a Python loop of plain SGD steps (the oracle)."""
+    p = params
+    for h in range(steps):
+        g = jax.grad(task.loss)(p, task.sample_batch(data, jax.random.fold_in(key, h)))
+        p = jax.tree.map(lambda x, y: x - lr * y, p, g)
+    return jax.tree.map(jnp.subtract, p, params)
+
+
+def test_one_worker_one_local_step_is_sgd(quad):
+    """K = 1, H = 1: every round is one SGD step; train's lax.scan over rounds = a Python loop."""
+    key = jax.random.PRNGKey(0)
+    params, losses = jax.jit(partial(local_sgd.train, quad, local_sgd.local_sgd(), num_rounds=4,
+                                     num_workers=1, local_steps=1, local_lr=LR))(
+        local_sgd.local_sgd().init_meta_params(), quad.data, key)
+    k_init, k_rounds = jax.random.split(key)
+    p = quad.init(k_init)
+    for i, k in enumerate(jax.random.split(k_rounds, 4)):
+        batch = quad.sample_batch(quad.data, jax.random.fold_in(jax.random.split(k, 1)[0], 0))
+        loss, g = jax.value_and_grad(quad.loss)(p, batch)
+        np.testing.assert_allclose(losses[i], loss, rtol=1e-6)
+        p = {"w": p["w"] - LR * g["w"]}
+    np.testing.assert_allclose(params["w"], p["w"], rtol=1e-5, atol=1e-7)
+
+
+def test_mean_delta_is_the_average_of_worker_deltas_and_is_lopts_input(ts):
+    k_workers = 3
+    params = ts.init(jax.random.PRNGKey(1))
+    keys = jax.random.split(jax.random.PRNGKey(2), k_workers)
+    mean, deltas, _ = local_sgd.communicate(ts, params, ts.data, keys, 2, LR, gather=True)
+    by_hand = [sgd_worker(ts, params, ts.data, k, 2, LR) for k in keys]
+    for name in params:
+        np.testing.assert_allclose(mean[name], sum(d[name] for d in by_hand) / k_workers,
+                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(deltas[name][1], by_hand[1][name], rtol=1e-5, atol=1e-7)
+    # the round hands LOpt exactly g = −Δ̄
+    lopt = local_sgd.lopt()
+    theta = lopt.init_meta_params(jax.random.PRNGKey(3))
+    state = lopt.init(theta, params, 10)
+    new, _, _ = local_sgd.round_step(ts, lopt, theta, params, state, ts.data,
+                                     jax.random.PRNGKey(2), k_workers, 2, LR)
+    upd, _ = lopt.step(theta, state, params, jax.tree.map(jnp.negative, mean), 0.0)
+    for name in params:
+        np.testing.assert_allclose(new[name], params[name] + upd[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lagg_without_worker_columns_is_lopt_and_ignores_worker_order(ts):
+    """LAgg's own input g is the mean of the K deltas: with the K worker columns' weights set to
+    0 it is LOpt; and the sorted worker columns make it invariant to relabelling workers."""
+    k_workers = 4
+    params = ts.init(jax.random.PRNGKey(4))
+    worker_g = jax.tree.map(lambda p: 0.01 * jax.random.normal(jax.random.PRNGKey(5),
+                                                               (k_workers,) + p.shape), params)
+    lagg, lopt = local_sgd.lagg(k_workers), local_sgd.lopt()
+    theta = lagg.init_meta_params(jax.random.PRNGKey(6))
+    n = local_sgd.features.NUM_ADAFAC_FEATURES
+    w0 = theta["mlp"]["w0"]
+    w0_lopt = jnp.concatenate([w0[:n], w0[n + k_workers:]])
+    theta_lopt = {**theta, "mlp": {**theta["mlp"], "w0": w0_lopt}}
+    theta_zero = {**theta, "mlp": {**theta["mlp"], "w0": w0.at[n:n + k_workers].set(0.0)}}
+    state = lagg.init(theta, params, 10)
+    a, _ = lagg.step(theta_zero, state, params, worker_g, 0.0)
+    b, _ = lopt.step(theta_lopt, state, params, jax.tree.map(lambda x: x.mean(0), worker_g), 0.0)
+    c, _ = lagg.step(theta, state, params, worker_g, 0.0)
+    d, _ = lagg.step(theta, state, params, jax.tree.map(lambda x: x[::-1], worker_g), 0.0)
+    for name in params:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(c[name], d[name], rtol=1e-6, atol=1e-9)
+        assert not np.allclose(c[name], a[name])  # the worker columns do change the update
+    x = jax.random.normal(jax.random.PRNGKey(7), (8, 5, 3))
+    np.testing.assert_array_equal(jnp.stack(local_sgd.sort_workers(list(x))), jnp.sort(x, 0))
+
+
+def test_zero_mlp_output_is_local_sgd_and_slowmo_is_optax_momentum(ts):
+    params = ts.init(jax.random.PRNGKey(8))
+    grads = [jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(i), p.shape), params)
+             for i in range(3)]
+    lopt = local_sgd.lopt()
+    theta = lopt.init_meta_params(jax.random.PRNGKey(9))
+    theta["mlp"]["w2"] = jnp.zeros_like(theta["mlp"]["w2"])   # d = m = 0: plain averaging
+    upd, _ = lopt.step(theta, lopt.init(theta, params, 3), params, grads[0], 0.0)
+    for name in params:
+        np.testing.assert_allclose(upd[name], -grads[0][name], rtol=1e-6)
+    # SlowMo (α, β) = heavy-ball SGD on pseudo-gradients: optax.sgd(α, momentum=β)
+    slow = local_sgd.slowmo(0.7, 0.8)
+    hp = slow.init_meta_params()
+    tx = optax.sgd(0.7, momentum=0.8)
+    s1, s2 = slow.init(hp, params, 3), tx.init(params)
+    for g in grads:
+        u1, s1 = slow.step(hp, s1, params, g, 0.0)
+        u2, s2 = tx.update(g, s2, params)
+        for name in params:
+            np.testing.assert_allclose(u1[name], u2[name], rtol=1e-6)
+
+
+def test_bytes_per_round_are_k_times_parameter_bytes(quad, ts):
+    assert local_sgd.round_bytes(quad.init(jax.random.PRNGKey(0)), 8) == 8 * 10 * 4
+    # teacher-student 4 → 8 → 2: 4·8 + 8 + 8·2 + 2 = 58 float32
+    c = local_sgd.communication(ts.init(jax.random.PRNGKey(0)), 8, 100)
+    assert (c.rounds, c.bytes_per_round, c.total_bytes) == (100, 8 * 58 * 4, 100 * 8 * 58 * 4)
+
+
+def test_local_sgd_and_lopt_lower_the_loss_with_one_compiled_program(ts):
+    """One compiled program serves several H and θ (H is traced), and training lowers the loss."""
+    traces = []
+    curves = local_sgd.make_curves(ts, local_sgd.local_sgd(), num_rounds=30, num_workers=2)
+
+    def counted(*args):
+        traces.append(1)
+        return curves(*args)
+
+    fn = jax.jit(counted)
+    hp = jax.tree.map(lambda x: jnp.stack([x, x]), local_sgd.local_sgd().init_meta_params())
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    for h in (2, 4):
+        losses = np.asarray(fn(hp, jnp.array([0.1, 0.3]), jnp.int32(h), ts.data, keys))
+        assert losses.shape == (2, 2, 30) and np.all(np.isfinite(losses))
+        assert losses[:, :, -5:].mean() < 0.5 * losses[:, :, :5].mean()
+    assert len(traces) == 1
+
+
+def test_pes_problem_and_train_registry(quad):
+    import train
+    for name in ("local_sgd_lopt", "local_sgd_lagg"):
+        r = train.OPTIMIZERS[name]
+        assert not r.per_step
+        cfg = train.resolve({"opt": name})
+        assert cfg["truncation"] == 50 and cfg["min_horizon"] >= cfg["truncation"]
+        assert r.build(None).name == name
+    with pytest.raises(tasks.InvalidOptionError):
+        local_sgd.train_problem(quad, local_sgd.lopt(), {})
+    update = local_sgd.lagg(2)
+    prob = local_sgd.make_problem(quad, update, num_workers=2, local_steps=2, local_lr=LR)
+    cfg = pes.Config(num_pairs=2, truncation=3, min_horizon=4, max_horizon=6)
+    theta = update.init_meta_params(jax.random.PRNGKey(0))
+    groups = tasks.stack_data([quad.data])       # PES's leading group axis
+    state = pes.init(prob, cfg, theta, {}, groups, jax.random.PRNGKey(1))
+    g, state, stats = jax.jit(partial(pes.gradient, prob, cfg))(theta, {}, groups, state,
+                                                                jax.random.PRNGKey(2))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+    assert 0 < float(stats.meta_loss) < 1
+
+
+@pytest.mark.parametrize("name", ["local_sgd_lopt", "local_sgd_lagg"])
+def test_shipped_checkpoints_match_the_optimizer(name):
+    import train
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "checkpoints", f"{name}.npz")
+    saved, theta = train.load_checkpoint(path)
+    assert saved == name
+    fresh = train.OPTIMIZERS[name].build(None).init_meta_params(jax.random.PRNGKey(0))
+    assert jax.tree.structure(theta) == jax.tree.structure(fresh)
+    assert jax.tree.map(jnp.shape, theta) == jax.tree.map(jnp.shape, fresh)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(theta))
+
+
+SHARDED = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import jax, jax.numpy as jnp, numpy as np
+    import local_sgd, tasks
+    assert len(jax.devices()) == 2, jax.devices()
+    mesh = local_sgd.make_mesh(4)
+    assert mesh is not None and mesh.devices.size == 2
+    assert local_sgd.make_mesh(3) is None          # 3 workers do not split over 2 devices
+    task = tasks.quadratic(dim=6, condition=10.0, noise=0.1)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    for update in (local_sgd.slowmo(1.0, 0.5), local_sgd.lagg(4)):
+        theta = jax.tree.map(lambda x: x[None], update.init_meta_params(jax.random.PRNGKey(1)))
+        out = [np.asarray(local_sgd.make_curves(task, update, 5, 4, m)(
+                   theta, jnp.array([0.3]), jnp.int32(3), task.data, keys)) for m in (None, mesh)]
+        np.testing.assert_allclose(out[0], out[1], rtol=1e-5)
+        jaxpr = str(jax.make_jaxpr(lambda p, k: local_sgd.communicate(
+            task, p, task.data, k, 3, 0.3, update.all_deltas, mesh))(
+            task.init(keys[0]), jax.random.split(keys[1], 4)))
+        assert "psum" in jaxpr or "pmean" in jaxpr, "the average is not a collective"
+        # the worker losses are always gathered (one all_gather); LAgg also gathers every Δ_k
+        assert (jaxpr.count("all_gather[") > 1) == update.all_deltas
+    print("ok")
+""")
+
+
+def test_sharded_workers_match_vmapped_workers():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", SHARDED.format(root=root)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
