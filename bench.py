@@ -8,7 +8,10 @@ the median of each; the README's numbers are the ratios. Measured here:
     with each learned optimizer versus optax.adam, and optimizer-state bytes per parameter;
   * PES throughput: inner optimizee steps per second in the Celo meta-training configuration
     (64 particles = 32 antithetic pairs, truncation 50, MLP 64 → 32 → 10, batch 64), on 1 and
-    on 2 host devices (separate processes with XLA_FLAGS=--xla_force_host_platform_device_count).
+    on 2 host devices (separate processes with XLA_FLAGS=--xla_force_host_platform_device_count);
+  * VeLO's cost model (VeLO App. B.7): the update alone (tx.update on fixed gradients) of the
+    paper-size and small VeLO and of optax.adam on MLPs of 10^4 … 10^7 parameters at two depths,
+    fitted by least squares to  t = a + b·(tensors) + c·(parameters)  and plotted.
 """
 import argparse
 import json
@@ -27,6 +30,7 @@ import pes
 import small_fc_lopt
 import tasks
 import train
+import velo
 
 BATCH = 128
 IN_DIM, OUT_DIM = 784, 10
@@ -89,6 +93,8 @@ def learned_optimizers():
         lopt = train.recipe(name).build(task, **dict(train.recipe(name).stages[-1].build_kwargs))
         theta = lopt.init_meta_params(jax.random.PRNGKey(0))
         out[name] = partial(lopt.optimizer, theta)
+    paper = velo.learned_optimizer("paper")   # VeLO at the released size (LSTM 512, bank 256)
+    out["velo_paper"] = partial(paper.optimizer, paper.init_meta_params(jax.random.PRNGKey(0)))
     return out
 
 
@@ -166,13 +172,94 @@ def pes_scaling(opt_name):
             "pes_inner_steps_per_s_2dev": out[2], "pes_scaling_2dev": out[2] / (2 * out[1])}
 
 
+# ----------------------------------------------------------------------------- VeLO cost model
+
+COST_DEPTHS = (2, 8)                        # weight matrices per MLP (tensors = 2 × depth)
+COST_PARAMS = (1e4, 1e5, 1e6, 1e7)          # target parameter counts (VeLO App. B.7's range)
+
+
+def square_mlp(depth, num_params, key):
+    """`depth` layers W×W + bias with W chosen so the model has ≈ num_params parameters."""
+    width = max(2, int(round((-1 + np.sqrt(1 + 4 * num_params / depth)) / 2)))
+    keys = jax.random.split(key, depth)
+    return {f"l{i}": {"w": jax.random.normal(k, (width, width)) / np.sqrt(width),
+                      "b": jnp.zeros(width)} for i, k in enumerate(keys)}
+
+
+def update_fn(tx):
+    @jax.jit
+    def update(params, grads, state):
+        updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
+        return optax.apply_updates(params, updates), state
+    return update
+
+
+def velo_cost_model(plot_path=""):
+    """Seconds per update of VeLO (paper, small) and Adam over models of 10^4–10^7 parameters;
+    fit t = a + b·tensors + c·params per optimizer (VeLO App. B.7's three terms)."""
+    paper, small = velo.learned_optimizer("paper"), velo.learned_optimizer("small")
+    makers = {"adam": lambda: optax.with_extra_args_support(optax.adam(1e-3)),
+              "velo_paper": lambda: paper.optimizer(paper.init_meta_params(jax.random.PRNGKey(0)), 1000),
+              "velo_small": lambda: small.optimizer(small.init_meta_params(jax.random.PRNGKey(0)), 1000)}
+    rows = []
+    for depth in COST_DEPTHS:
+        for n in COST_PARAMS:
+            params = square_mlp(depth, n, jax.random.PRNGKey(depth))
+            grads = jax.tree.map(lambda p: 1e-2 * jnp.ones_like(p), params)
+            calls = []
+            for make in makers.values():
+                tx = make()
+                calls.append(partial(update_fn(tx), params, grads, tx.init(params)))
+            times = interleaved(calls, repeats=5, inner=2)
+            count = sum(x.size for x in jax.tree.leaves(params))
+            row = {"depth": depth, "tensors": 2 * depth, "params": int(count),
+                   **{f"{k}_ms": 1e3 * t for k, t in zip(makers, times)}}
+            rows.append(row)
+            print(f"cost model: {depth} layers, {count:>10,} params: " +
+                  ", ".join(f"{k} {row[k + '_ms']:.3f} ms" for k in makers), flush=True)
+    design = np.array([[1.0, r["tensors"], r["params"]] for r in rows])
+    fits = {}
+    for k in makers:
+        t = np.array([r[f"{k}_ms"] for r in rows])
+        # relative least squares: times span 4 decades, so weight each row by 1/t
+        coef, *_ = np.linalg.lstsq(design / t[:, None], np.ones_like(t), rcond=None)
+        fits[k] = {"constant_ms": float(coef[0]), "per_tensor_ms": float(coef[1]),
+                   "per_million_params_ms": float(1e6 * coef[2])}
+        print(f"cost model {k}: t ≈ {coef[0]:.3f} ms + {coef[1]:.4f} ms/tensor + "
+              f"{1e6 * coef[2]:.2f} ms per 10^6 params", flush=True)
+    if plot_path:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (k, f), color in zip(fits.items(), ("k", "C0", "C1")):
+            for depth, marker in zip(COST_DEPTHS, ("o", "s")):
+                sel = [r for r in rows if r["depth"] == depth]
+                n = np.array([r["params"] for r in sel])
+                ax.loglog(n, [r[f"{k}_ms"] for r in sel], marker, color=color,
+                          label=f"{k}, {2 * depth} tensors")
+                model = f["constant_ms"] + f["per_tensor_ms"] * 2 * depth + \
+                    f["per_million_params_ms"] * n / 1e6
+                ax.loglog(n, model, "-", color=color, alpha=0.5)
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("update time (ms)")
+        ax.set_title("VeLO cost model: a + b·tensors + c·params (lines)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(plot_path)), exist_ok=True)
+        fig.savefig(plot_path, dpi=120)
+        plt.close(fig)
+    return {"points": rows, "fits": fits}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default="")
     parser.add_argument("--widths", default="256,1024,4096")
     parser.add_argument("--opts", default="", help="comma-separated learned optimizers (default all)")
     parser.add_argument("--pes-opt", default="celo", help="optimizer for the PES throughput")
-    parser.add_argument("--skip", default="", help="comma-separated: steps,pes")
+    parser.add_argument("--skip", default="", help="comma-separated: steps,pes,cost")
+    parser.add_argument("--cost-plot", default="results/bench/velo_cost_model.png")
     parser.add_argument("--pes-worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pes_worker:
@@ -185,12 +272,19 @@ def main(argv=None):
         steps = bench_steps(widths, set(filter(None, args.opts.split(","))))
         result["steps"] = {str(k): v for k, v in steps.items()}
         at = str(1024 if 1024 in widths else widths[-1])
-        result["step_ratio_vs_adam"] = {k[:-6]: v for k, v in steps[int(at)].items()
-                                        if k.endswith("_ratio") and not k.startswith("adam")}
+        ratios = {k[:-6]: v for k, v in steps[int(at)].items()
+                  if k.endswith("_ratio") and not k.startswith("adam")}
+        if "velo_paper" in ratios:   # issue targets: "velo" is the paper size, the registry's
+            ratios["velo_small"] = ratios.pop("velo", None)   # CPU-trained one is velo_small
+            ratios["velo"] = ratios.pop("velo_paper")
+        result["step_ratio_vs_adam"] = {k: v for k, v in ratios.items() if v is not None}
+        result["step_ratio_width"] = int(at)
     if "pes" not in skip:
         name = args.pes_opt if args.pes_opt in train.OPTIMIZERS else "small_fc_lopt"
         result.update(pes_scaling(name))
         print(f"scaling 1 → 2 devices: {result['pes_scaling_2dev']:.2f} of ideal")
+    if "cost" not in skip:
+        result["velo_cost_model"] = velo_cost_model(args.cost_plot)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -32,6 +32,10 @@ from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, lstm
 STEP_MULT = 1e-3          # λ1 (Celo Eq. (2))
 EXP_MULT = 1e-3           # λ2 (Celo Eq. (2))
 ALPHA = 0.1               # α: η = α·exp(o) (Celo Alg. 1 line 7; reference `* 0.1`)
+OUT_BIAS_INIT = -float(jnp.log(ALPHA))  # ours: out.b = ln(1/α) at init, so a fresh scheduler gives
+                          # η ≈ 1, the η ≡ 1 that stage 1 trained the rule with. The reference
+                          # starts at η ≈ α = 0.1 and unlearns the 10× over 100K stage-2 steps;
+                          # with a CPU budget of a few thousand steps that gap would not close.
 GRAD_CLIP = 1000.0        # g ← clip(g, ±1000) before everything (reference; REFERENCE.md "Celo")
 PARAM_SCALE_EPS = 1e-9    # rms(p) = sqrt(mean(p²) + 1e-9) (reference)
 # Structure (static): widths of the update rule and of the scheduler (Celo §5; published θ).
@@ -50,7 +54,8 @@ STAGES = {1: ("rule", False), 2: ("scheduler", True)}
 
 def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidden=LSTM_HIDDEN):
     """θ at meta-initialization: haiku's defaults (truncated normal 1/sqrt(fan_in), zero biases,
-    zero initial LSTM state), as the reference's `Celo.init`."""
+    zero initial LSTM state), as the reference's `Celo.init`, except the scheduler's output bias
+    ln(1/α) (OUT_BIAS_INIT), so that stage 2 starts from stage 1's η ≡ 1."""
     k_rule, k_mix, k_proj, k_lstm, k_out = jax.random.split(key, 5)
     sizes = (NUM_RULE_INPUTS,) + (hidden,) * hidden_layers + (NUM_OUTPUTS,)
     linear = lambda k, n_in, n_out: {"w": init_mlp(k, (n_in, n_out))["w0"],
@@ -58,7 +63,8 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
     scheduler = {"mix": linear(k_mix, NUM_SCHEDULER_INPUTS, lstm_hidden),
                  "proj": linear(k_proj, NUM_SCHEDULER_INPUTS, lstm_hidden),
                  "lstm": init_lstm(k_lstm, lstm_hidden, lstm_hidden),
-                 "out": linear(k_out, lstm_hidden, 1),
+                 "out": {"w": linear(k_out, lstm_hidden, 1)["w"],
+                         "b": jnp.full((1,), OUT_BIAS_INIT, jnp.float32)},
                  "h0": jnp.zeros((lstm_hidden,), jnp.float32),
                  "c0": jnp.zeros((lstm_hidden,), jnp.float32)}
     return {"rule": init_mlp(k_rule, sizes), "scheduler": scheduler}

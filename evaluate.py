@@ -502,13 +502,18 @@ def check_optimizer(name: str) -> str:
 
 
 def default_checkpoint(name: str) -> Path:
-    """The shipped θ of a learned optimizer: checkpoints/{name}.npz, else checkpoints/
-    {name}_paper.npz (the published weights, e.g. celo_paper.npz)."""
-    for candidate in (ROOT / "checkpoints" / f"{name}.npz",
+    """The shipped θ of a learned optimizer: train.py's default --out for it (checkpoints/
+    {name}.npz; velo: velo_small.npz), else checkpoints/{name}_paper.npz (the published weights,
+    e.g. celo_paper.npz)."""
+    try:
+        own = ROOT / _train().resolve({"opt": name})["out"]   # train.py's default --out for it
+    except Exception:   # a registry entry train.resolve cannot configure (e.g. in tests)
+        own = ROOT / "checkpoints" / f"{name}.npz"
+    for candidate in (own, ROOT / "checkpoints" / f"{name}.npz",
                       ROOT / "checkpoints" / f"{name}_paper.npz"):
         if candidate.exists():
             return candidate
-    return ROOT / "checkpoints" / f"{name}.npz"
+    return own
 
 
 def load_theta(name: str, checkpoint: str | Path | None = None):
@@ -597,7 +602,7 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
              steps: int = STEPS, seeds: int | Sequence[int] = SEEDS, theta=None,
              checkpoint=None, cache_dir: Path | str | None = CACHE_DIR,
              baselines: Sequence[str] = (), reps: int = BOOTSTRAP_REPS,
-             log: Callable[[str], None] | None = None) -> Evaluation:
+             log: Callable[[str], None] | None = None, adam_lrs=None) -> Evaluation:
     """Evaluate `opt` on tasks against tuned Adam: per-task scores and aggregates with CIs.
 
     opt: "adam" | "adamw" | "sgdm" (tuned), a train.OPTIMIZERS name (θ from `theta`, else
@@ -605,6 +610,8 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
     (task, num_steps) -> optax transformation. tasks: "all" | "quick" | names | Task objects
     (any tasks.Task; trained `steps` steps). seeds: a count (0 … N−1) or explicit seeds.
     baselines: also score these tuned baselines (result["baselines"], for the aggregate plot).
+    adam_lrs: Adam's learning-rate grid (default ADAM_LRS); a single value, e.g. (1e-3,), scores
+    against *untuned* Adam at that learning rate.
     """
     name = _opt_name(opt)
     if isinstance(opt, str):
@@ -638,7 +645,7 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
                     log(f"[{i + 1}/{len(items)}] {task.name}: skipped ({e})")
                 continue
         t = int(steps) * horizon
-        adam = tune_baseline(task, "adam", t, seeds, cache_dir)
+        adam = tune_baseline(task, "adam", t, seeds, cache_dir, lrs=adam_lrs)
         losses, etas, extra = opt_curves(opt, task, t, seeds, theta, cache_dir, adam)
         entry = score_task(losses, adam)
         entry.update(extra)
@@ -656,6 +663,8 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
             f"{t}: {why}" for t, why in skipped.items()))
     result = {"opt": name, "steps": int(steps), "num_seeds": len(seeds), "tasks": per_task,
               "aggregate": aggregate_tasks(per_task, reps)}
+    if adam_lrs is not None:
+        result["adam_lrs"] = [float(x) for x in np.atleast_1d(adam_lrs)]
     if skipped:
         result["skipped"] = skipped
     if others:
@@ -696,7 +705,10 @@ def format_table(result: dict) -> str:
     """The per-task table and the aggregates (with 95% CIs) as text."""
     fmt = lambda x, spec=".4g": "nan" if x is None else format(x, spec)
     width = max([len("task")] + [len(n) for n in (*result["tasks"], *result.get("skipped", {}))])
-    lines = [f"{result['opt']} against tuned Adam ({result.get('num_seeds', '?')} seeds; score = "
+    fixed = result.get("adam_lrs")
+    adam = (f"Adam at lr {', '.join(f'{x:g}' for x in fixed)} (untuned)" if fixed and len(fixed) == 1
+            else "tuned Adam")
+    lines = [f"{result['opt']} against {adam} ({result.get('num_seeds', '?')} seeds; score = "
              "L_adam / L_opt, speedup = T / T_opt)",
              f"{'task':<{width}}  {'T':>5}  {'adam lr':>8}  {'L_adam':>9}  {'L_opt':>9}  "
              f"{'score':>6}  {'speedup':>7}"]
@@ -811,6 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=JSON_PATH)
     p.add_argument("--plots", default=PLOTS_DIR)
     p.add_argument("--cache", default=str(CACHE_DIR), help="baseline cache dir, or 'none'")
+    p.add_argument("--adam-lrs", default="", help="Adam's lr grid, e.g. 1e-3 for untuned Adam "
+                   "at its default (default: the 7-point log grid 1e-4 … 1e-1)")
     args = p.parse_args(argv)
     if COMPILE_CACHE_DIR:  # warm runs skip XLA compilation (this process only)
         jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE_DIR))
@@ -823,9 +837,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seeds < 1 or args.steps < 1:
             raise EvaluateError(f"--seeds and --steps must be >= 1, got {args.seeds} and "
                                 f"{args.steps}")
+        try:
+            adam_lrs = [float(x) for x in args.adam_lrs.split(",") if x.strip()] or None
+        except ValueError:
+            raise EvaluateError(f"--adam-lrs takes comma-separated numbers, got "
+                                f"{args.adam_lrs!r}") from None
         ev = evaluate(args.opt, names, args.steps, args.seeds, checkpoint=args.checkpoint,
                       cache_dir=None if args.cache.lower() == "none" else args.cache,
-                      baselines=PLOT_BASELINES if args.plots else (), log=log)
+                      baselines=PLOT_BASELINES if args.plots else (), log=log,
+                      adam_lrs=adam_lrs)
     except (EvaluateError, tasks_lib.TaskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

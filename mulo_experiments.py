@@ -4,6 +4,7 @@
     python mulo_experiments.py depth   [--quick]   # §5.2.4, Fig. 5: MLPs up to 16 layers deep
     python mulo_experiments.py horizon [--quick]   # §5.2.4, Fig. 6: 25× the meta-training horizon
     python mulo_experiments.py coord   [--quick]   # §5.2.2, Fig. 2 / App. G: μP coordinate check
+    (any of them: [--widths 16,64,256,1024] [--steps N] [--seeds S] to resize a run)
 
 μLO (mulo.txt) §5. Optimizers: μLO_M (checkpoints/mu_small_fc_lopt.npz) and its SP twin LO_M
 (checkpoints/sp_small_fc_lopt.npz), both meta-trained by `python train.py --opt NAME` on widths
@@ -442,7 +443,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument("--quick", action="store_true", help="a few minutes: fewer widths/steps/seeds")
+    p.add_argument("--widths", help="comma-separated widths (width experiment), e.g. 16,64,256,1024")
+    p.add_argument("--steps", type=int, help="inner steps per run")
+    p.add_argument("--seeds", type=int, help="runs per (optimizer, task)")
     args = p.parse_args(argv)
+    q = settings(args.quick)
+    if args.widths:
+        q["widths"] = tuple(int(w) for w in args.widths.split(","))
+    q.update({k: v for k, v in (("steps", args.steps), ("seeds", args.seeds)) if v})
     if evaluate.COMPILE_CACHE_DIR:
         jax.config.update("jax_compilation_cache_dir", str(evaluate.COMPILE_CACHE_DIR))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -450,7 +458,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     start = time.time()
-    print(EXPERIMENTS[args.experiment](settings(args.quick), out_dir, log))
+    print(EXPERIMENTS[args.experiment](q, out_dir, log))
     log(f"done in {(time.time() - start) / 60:.1f} min; plot: {out_dir / args.experiment}.png")
     return 0
 

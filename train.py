@@ -111,7 +111,8 @@ OPTIMIZERS = {
                                 settings=CELO_SETTINGS),
     # VeLO (velo_summary.txt) at the small size (LSTM 64, bank 32: Celo's VeLO-S); the paper
     # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
-    "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"), settings=CELO_SETTINGS),
+    "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"),
+                   settings=CELO_SETTINGS + (("out", os.path.join("checkpoints", "velo_small.npz")),)),
     # --- more registry entries below (one per learned optimizer) ---
     # μLO (mulo.txt §4, App. C): small_fc_lopt in μP on μP optimizees (mup.py), meta-trained on
     # several widths at once; its SP twin (LO_M) with the same recipe; μVeLO_M.

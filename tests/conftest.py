@@ -42,3 +42,15 @@ def rel_col_err(ours, ref):
     scale = np.sqrt(np.mean(ref2 ** 2, axis=0))
     scale = np.where(scale == 0, 1.0, scale)
     return float(np.max(np.abs(ours2 - ref2) / scale))
+
+
+def run_on_two_devices(script):
+    """Run `script` (its `{root}` filled in) in a fresh Python with 2 simulated CPU devices;
+    fail with its stderr unless it exits 0. Device count is fixed at start-up, hence the process."""
+    import subprocess
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", script.format(root=ROOT)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout

@@ -348,6 +348,24 @@ def test_cli_quick_end_to_end_json_schema(tmp_path, capsys):
     assert "iqm" in out and "optimality_gap" in out
 
 
+def test_fixed_adam_lr_is_untuned_adam(tmp_path):
+    """adam_lrs=(lr,) scores against Adam at that lr: the reference equals a tuned sweep's row."""
+    tuned = ev.evaluate("adam", [TINY], steps=T, seeds=2, cache_dir=None, reps=50)
+    fixed = ev.evaluate("adam", [TINY], steps=T, seeds=2, cache_dir=None, reps=50,
+                        adam_lrs=(1e-3,))
+    entry = fixed.result["tasks"][TINY.name]
+    assert entry["adam_lr"] == pytest.approx(1e-3) and fixed.result["adam_lrs"] == [1e-3]
+    # the opt here is tuned Adam, whose grid contains 1e-3: it is at least as good as the fixed
+    assert entry["final_loss"]["opt"] <= entry["final_loss"]["adam"] * (1 + 1e-6)
+    same = tuned.result["tasks"][TINY.name]["final_loss"]                    # tuned vs itself
+    assert same["opt"] == pytest.approx(same["adam"], rel=1e-6)
+    sweep = ev.tune_baseline(TINY, "adam", T, [0, 1], None)
+    row = list(np.round(sweep.lrs, 8)).index(np.float32(1e-3).round(8))
+    np.testing.assert_allclose(fixed.curves[TINY.name]["adam"], sweep.losses[row], rtol=1e-5)
+    assert "untuned" in ev.format_table(fixed.result)
+    assert "tuned Adam" in ev.format_table(tuned.result)
+
+
 @pytest.mark.parametrize("args, needle", [
     (("--opt", "nope"), "unknown optimizer 'nope'; valid: adam, adamw, sgdm"),
     (("--opt", "adam", "--tasks", "quick,nope"), "unknown task 'nope'; valid: all, quick, "),

@@ -1,8 +1,6 @@
 """local_sgd.py against oracles: plain SGD, hand-averaged worker deltas, optax's SGD with momentum,
 hand-counted bytes, a 2-device run, and a zero MLP (= local SGD). Tiny tasks keep it fast."""
 import os
-import subprocess
-import sys
 import textwrap
 from functools import partial
 
@@ -11,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import run_on_two_devices
 
 import local_sgd
 import pes
@@ -212,9 +211,4 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_workers_match_vmapped_workers():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", SHARDED.format(root=root)], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_on_two_devices(SHARDED)

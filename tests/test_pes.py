@@ -1,7 +1,5 @@
 """PES and ES against autodiff through the full unroll, finite differences, and NaN handling."""
 import os
-import subprocess
-import sys
 import textwrap
 from functools import partial
 
@@ -9,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_two_devices
 
 import pes
 
@@ -216,9 +215,4 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_over_two_devices_matches_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", SHARDED.format(root=root)], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_on_two_devices(SHARDED)
