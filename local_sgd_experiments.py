@@ -245,6 +245,11 @@ def load_thetas(quick):
     return thetas
 
 
+def _plain(x):
+    """numpy scalars and arrays in the results → JSON numbers and lists."""
+    return x.tolist() if hasattr(x, "tolist") else str(x)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny tasks, a few rounds (smoke test)")
@@ -298,7 +303,7 @@ def main(argv=None):
                                          for k, v in r.items() if k != "losses"}
                                      for m, r in hr.items()}
                             for h, hr in tr.items()} for t, tr in results.items()}}
-    (out_dir / "results.json").write_text(json.dumps(dump, indent=1))
+    (out_dir / "results.json").write_text(json.dumps(dump, indent=1, default=_plain))
     for path in plot(results, cfg, out_dir):
         print(f"wrote {path}")
     print(f"total {time.time() - t_start:.0f} s")
