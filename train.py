@@ -384,7 +384,7 @@ def _csv_path(path):
 
 def _write_csv(path, rows):
     """Rewrite the whole log atomically (it is small), so a resume never duplicates rows."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    fd, tmp = _temp_file(os.path.dirname(os.path.abspath(path)))
     with os.fdopen(fd, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "stage", "meta_loss", "nonfinite", "grad_norm", "seconds"])
@@ -606,6 +606,16 @@ def unflatten_tree(flat, prefix):
     return tree
 
 
+def _temp_file(directory):
+    """(fd, path) of a new temporary file in `directory` with the mode of a normal file (mkstemp
+    makes 0600 files), to be renamed over its target: an atomic write."""
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def save_checkpoint(path, optimizer_name, theta, config=None, state=None, meta=None):
     """Write atomically: a crash mid-write leaves the previous file intact."""
     arrays = {"format": np.asarray(CHECKPOINT_FORMAT), "optimizer": np.asarray(optimizer_name),
@@ -615,10 +625,7 @@ def save_checkpoint(path, optimizer_name, theta, config=None, state=None, meta=N
     arrays.update({f"meta/{k}": np.asarray(str(v)) for k, v in (meta or {}).items()})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is a normal file
+    fd, tmp = _temp_file(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
