@@ -423,6 +423,22 @@ def plot_meta_loss(rows, path):
     plt.close(fig)
 
 
+def set_aside(path, log=print):
+    """A new run never overwrites an earlier one: an existing checkpoint at `path` (and its CSV and
+    plot) is renamed to <name>.<time>.npz etc. first, and the move is logged."""
+    if not os.path.exists(path):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+    stem = os.path.splitext(path)[0]
+    moved = f"{stem}.{stamp}.npz"
+    for old, new in ((path, moved), (_csv_path(path), f"{stem}.{stamp}.csv"),
+                     (stem + "_meta_loss.png", f"{stem}.{stamp}_meta_loss.png")):
+        if os.path.exists(old):
+            os.replace(old, new)
+    log(f"note: {path} existed and was not resumed: moved to {moved} (use --resume to continue a run)")
+    return moved
+
+
 def meta_train(cfg, log=print):
     """Meta-train per cfg (see resolve); resumable. Returns (θ, finished): finished is False when
     Ctrl-C / SIGTERM stopped the run (its checkpoint is saved)."""
@@ -447,6 +463,7 @@ def meta_train(cfg, log=print):
     else:
         first_task = meta_tasks(cfg, cfg["opt"])[0][0]
         theta = r.build(first_task).init_meta_params(jax.random.fold_in(base_key, 10**6))
+        set_aside(path, log)
     bounds = stage_bounds(cfg, r.stages)
     rows = _read_csv(_csv_path(path), step)
     stop = {"flag": False}

@@ -85,6 +85,19 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]  # no temporary file left behind
 
 
+def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
+    cfg = tiny_cfg(tmp_path, meta_steps=2)
+    train.meta_train(cfg, log=quiet)
+    _, first = train.load_checkpoint(cfg["out"])
+    notes = []
+    train.meta_train({**cfg, "seed": 1}, log=notes.append)
+    moved = [p for p in os.listdir(tmp_path) if p.startswith("run.2") and p.endswith(".npz")]
+    assert len(moved) == 1 and any("moved to" in n for n in notes), (os.listdir(tmp_path), notes)
+    _, kept = train.load_checkpoint(str(tmp_path / moved[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(kept)))
+    assert os.path.exists(str(tmp_path / moved[0]).replace(".npz", ".csv"))
+
+
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
     with pytest.raises(train.CheckpointError, match="does not exist"):
         train.load_checkpoint(str(tmp_path / "missing.npz"))
