@@ -505,10 +505,7 @@ def default_checkpoint(name: str) -> Path:
     """The shipped θ of a learned optimizer: train.py's default --out for it (checkpoints/
     {name}.npz; velo: velo_small.npz), else checkpoints/{name}_paper.npz (the published weights,
     e.g. celo_paper.npz)."""
-    try:
-        own = ROOT / _train().resolve({"opt": name})["out"]   # train.py's default --out for it
-    except Exception:   # a registry entry train.resolve cannot configure (e.g. in tests)
-        own = ROOT / "checkpoints" / f"{name}.npz"
+    own = ROOT / _train().default_out(name)
     for candidate in (own, ROOT / "checkpoints" / f"{name}.npz",
                       ROOT / "checkpoints" / f"{name}_paper.npz"):
         if candidate.exists():

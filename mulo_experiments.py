@@ -35,6 +35,8 @@ import train
 OUT_DIR = Path(__file__).resolve().parent / "results" / "mulo"
 SEEDS = 5                  # runs per (optimizer, task): the paper's 5
 LEARNED = ("mu_small_fc_lopt", "sp_small_fc_lopt", "celo")   # registry names; θ from checkpoints/
+CHECKPOINTS = {"celo": Path(__file__).resolve().parent / "checkpoints" / "celo_paper.npz"}
+                           # Celo: the published θ (not our CPU-trained checkpoints/celo.npz)
 BASE_WIDTH = max(mup.META_WIDTHS)   # μAdam is tuned here (the paper: the largest meta-train width)
 WIDTHS = (16, 32, 64, 128, 256, 512, 1024)   # up to 16× the largest meta-training width (64)
 STEPS = 1000               # inner steps = the meta-training maximum horizon (the paper: 1000)
@@ -67,7 +69,7 @@ class Runner:
         self.thetas, self.mu_adam_lr = {}, None
         for name in LEARNED:
             try:
-                self.thetas[name] = evaluate.load_theta(name)
+                self.thetas[name] = evaluate.load_theta(name, CHECKPOINTS.get(name))
             except evaluate.EvaluateError as e:
                 log(f"skipping {name}: {e}")
 

@@ -97,7 +97,7 @@ class Recipe(NamedTuple):
 # Celo App. A.3: outer AdamW at a constant 3e-4 (weight decay 1e-4), unrolls of 100–2000 steps.
 CELO_OUTER = (("meta_lr", 3e-4), ("final_lr", 3e-4), ("warmup_steps", 0), ("max_horizon", 2000))
 # The CPU budget of `python train.py --opt celo` (the paper: 100K meta-steps per stage): 5000
-# meta-steps of stage 1 and 2000 of stage 2, ≈ 20 min on 2 cores (README), the shipped checkpoint.
+# meta-steps of stage 1 and 2000 of stage 2, ≈ 26 min on 2 cores (README), the shipped checkpoint.
 CELO_SETTINGS = CELO_OUTER + (("meta_steps", 7000), ("stage1_steps", 5000))
 
 OPTIMIZERS = {
@@ -156,6 +156,13 @@ def make_optax(name, theta, task, num_steps):
     return r.build(task, **dict(r.stages[-1].build_kwargs)).optimizer(theta, num_steps)
 
 
+def default_out(name):
+    """Where `--opt name` writes its checkpoint by default: its recipe's "out" setting (velo:
+    checkpoints/velo_small.npz), else checkpoints/{name}.npz."""
+    settings = dict(getattr(OPTIMIZERS.get(name), "settings", ()))
+    return settings.get("out") or os.path.join("checkpoints", f"{name}.npz")
+
+
 def resolve(overrides=None):
     """The settings of a run: the defaults above, the optimizer's recipe, then `overrides`."""
     overrides = dict(overrides or {})
@@ -163,7 +170,7 @@ def resolve(overrides=None):
     cfg.update(dict(recipe(overrides.get("opt", cfg["opt"])).settings))
     cfg.update(overrides)
     if not cfg["out"]:
-        cfg["out"] = os.path.join("checkpoints", f"{cfg['opt']}.npz")
+        cfg["out"] = default_out(cfg["opt"])
     check(cfg)
     return cfg
 

@@ -1,5 +1,4 @@
 """PES and ES against autodiff through the full unroll, finite differences, and NaN handling."""
-import os
 import textwrap
 from functools import partial
 
