@@ -209,6 +209,12 @@ def final_loss(smoothed, window: int = FINAL_WINDOW) -> np.ndarray:
     return smoothed[..., -min(window, smoothed.shape[-1]):].mean(-1)
 
 
+def final_training_loss(losses) -> np.ndarray:
+    """Final loss of raw training curves [..., T]: EMA(0.9), then the mean of the last 10 (Celo
+    App. A.3); +inf for a diverged run."""
+    return final_loss(ema(losses))
+
+
 def steps_to_reach(smoothed, target) -> np.ndarray:
     """T_opt: the first step t (1-based: the curve's entry i is step i + 1) with smoothed loss
     <= target; 0 where it is never reached (T_opt = ∞ in Celo §4)."""
@@ -472,7 +478,7 @@ def tune_baseline(task: tasks_lib.Task, name: str, steps: int, seeds: Sequence[i
         if path:
             _write_cache(path, runs)
     losses = np.stack([runs[s] for s in seeds], axis=1)          # [K, N, T]
-    finals = final_loss(ema(losses)).mean(-1)                     # [K]
+    finals = final_training_loss(losses).mean(-1)                     # [K]
     finals = np.where(np.isfinite(finals), finals, np.inf)
     if not np.isfinite(finals).any():
         raise EvaluateError(f"{name} diverged at every learning rate on {task.name}")
@@ -546,7 +552,7 @@ def score_task(opt_losses, adam: Tuned) -> dict:
     """
     smoothed = ema(opt_losses)
     finals = final_loss(smoothed)
-    l_adam = float(final_loss(ema(adam.best_losses)).mean())
+    l_adam = float(final_training_loss(adam.best_losses).mean())
     scores = normalized_score(l_adam, finals)
     speedups = speedup(smoothed, np.full(finals.shape, l_adam))
     return {"final_loss": {"opt": _num(finals.mean()), "adam": _num(l_adam)},

@@ -70,11 +70,6 @@ LABELS = {"local_sgd": "local SGD (tuned)", "slowmo": "SlowMo (tuned)",
 
 # ----------------------------------------------------------------------------- runs
 
-def final_losses(losses):
-    """[..., R] per-round losses → final loss per run (EMA 0.9, mean of the last 10 rounds)."""
-    return evaluate.final_loss(evaluate.ema(losses))
-
-
 def run_task(task, thetas, cfg, log):
     """All H of one task: {H: {method: {"losses": (S, R), "final": (S,), ...hparams}}}."""
     keys = jnp.stack([jax.random.key(s) for s in range(cfg["seeds"])])
@@ -93,14 +88,14 @@ def run_task(task, thetas, cfg, log):
         lrs = cfg["local_lrs"]
         grid = np.asarray(momentum(stack([(1.0, 0.0)] * len(lrs)), jnp.asarray(lrs, jnp.float32),
                                    steps, task.data, keys))                     # (C, S, R)
-        best = int(np.argmin(final_losses(grid).mean(-1)))
+        best = int(np.argmin(evaluate.final_training_loss(grid).mean(-1)))
         lr = lrs[best]
         res = {"local_sgd": {"losses": grid[best], "local_lr": lr}}
         slow = np.asarray(momentum(stack(cfg["slowmo_grid"]),
                                    jnp.full(len(cfg["slowmo_grid"]), lr, jnp.float32), steps,
                                    task.data, keys))
         cand = [((1.0, 0.0), grid[best])] + list(zip(cfg["slowmo_grid"], slow))
-        (alpha, beta), curve = min(cand, key=lambda c: final_losses(c[1]).mean())
+        (alpha, beta), curve = min(cand, key=lambda c: evaluate.final_training_loss(c[1]).mean())
         res["slowmo"] = {"losses": curve, "local_lr": lr, "server_lr": alpha, "momentum": beta}
         for name, fn in learned.items():
             theta = jax.tree.map(lambda x: x[None], thetas[name])
@@ -108,7 +103,7 @@ def run_task(task, thetas, cfg, log):
                                                  task.data, keys))[0], "local_lr": lr}
         for r in res.values():
             r["losses"] = np.asarray(r["losses"], np.float64)
-            r["final"] = final_losses(r["losses"])
+            r["final"] = evaluate.final_training_loss(r["losses"])
         out[h] = res
         log(f"  H={h:<2} lr={lr:<5} SlowMo (α, β)=({alpha}, {beta})  final: "
             + "  ".join(f"{m} {res[m]['final'].mean():.4f}" for m in METHODS)

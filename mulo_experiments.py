@@ -55,11 +55,6 @@ QUICK = dict(widths=(16, 64, 256), steps=200, seeds=2, depths=(3, 8), horizon=20
 
 # ----------------------------------------------------------------------------- runs
 
-def final_losses(losses):
-    """Per-seed final training loss (EMA 0.9, mean of the last 10): +inf for a diverged run."""
-    return evaluate.final_loss(evaluate.ema(losses))
-
-
 class Runner:
     """Training curves [seeds, steps] of every optimizer on an SP task from tasks.py (each
     learned optimizer gets the task as its registry prepares it: μ-variants in μP)."""
@@ -106,7 +101,7 @@ class Runner:
     def tune_mu_adam(self, task, steps):
         """μAdam's lr: the best of MU_ADAM_LRS on `task` (μP: it transfers over width)."""
         losses = self.mu_adam(task, steps, MU_ADAM_LRS)
-        finals = np.where(np.isfinite(f := final_losses(losses).mean(-1)), f, np.inf)
+        finals = np.where(np.isfinite(f := evaluate.final_training_loss(losses).mean(-1)), f, np.inf)
         self.mu_adam_lr = float(MU_ADAM_LRS[int(np.argmin(finals))])
         self.log(f"  mu_adam lr {self.mu_adam_lr:g} (tuned on {task.name})")
 
@@ -139,7 +134,7 @@ def sweep(runner, task_of, values, steps, label):
         runner.log(f"{label} {v}: {task.name}")
         for m in runner.methods:
             losses, extra = runner.curves(m, task, steps)
-            entry = summarize(final_losses(losses), task.loss_cap)
+            entry = summarize(evaluate.final_training_loss(losses), task.loss_cap)
             entry.update(extra)
             smooth = evaluate.ema(losses)
             entry["mean_curve"] = _thin(np.where(np.isfinite(smooth), smooth, np.nan).mean(0))
