@@ -87,8 +87,8 @@ def learned_optimizers():
     """name → optax factory (θ from a fresh init: speed does not depend on θ's values)."""
     out = {}
     for name in train.OPTIMIZERS:
-        if name.startswith("local_sgd"):
-            continue
+        if name.startswith("local_sgd") or name.endswith("_random_init"):  # not per-step / same
+            continue                                                      # cost as the default
         task = tasks.get_task("quadratic")
         lopt = train.recipe(name).build(task, **dict(train.recipe(name).stages[-1].build_kwargs))
         theta = lopt.init_meta_params(jax.random.PRNGKey(0))

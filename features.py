@@ -89,6 +89,16 @@ VELO_GROUPS = ("g", "clip_g", "p", "m", "rms", "m_rv", "rv", "fac_g", "g_rv", "r
 ROW_GROUPS, COL_GROUPS = ("row", "rsqrt_row"), ("col", "rsqrt_col")
 
 
+def column_index(groups, group, j=0):
+    """Position of column j of `group` in the feature order `groups` (e.g. Adam's direction
+    m_0.9·rsqrt(v) is column_index(VELO_GROUPS, "m_rv", 0) = 7)."""
+    if group not in groups:
+        raise ValueError(f"feature group {group!r} is not one of {groups}")
+    if not 0 <= j < GROUP_WIDTH.get(group, 1):
+        raise ValueError(f"feature group {group!r} has {GROUP_WIDTH.get(group, 1)} column(s)")
+    return sum(GROUP_WIDTH.get(g, 1) for g in groups[:groups.index(group)]) + j
+
+
 class Columns(NamedTuple):
     """The features of one tensor: `dense` ((column, plane of shape S), ...) and, for a ≥2-d
     tensor, `row` / `col` = (columns, array (*reduced shape, k)) that broadcast along d0 / d1."""

@@ -89,6 +89,36 @@ def init_mlp(key, sizes):
     return mlp
 
 
+def init_mlp_with_direction(key, sizes, column, scale):
+    """init_mlp, except that output 0 starts as exactly scale·x[column]: units 0 and 1 of every
+    hidden layer are reserved for relu(x) and relu(−x) (they pass the ReLUs unchanged and receive
+    nothing else), and output 0 reads scale·(relu(x) − relu(−x)) = scale·x from them alone.
+    The other units and outputs keep their random weights (minus the reserved inputs).
+
+    Ours, not the papers' (they use init_mlp): with x = Adam's direction m·rsqrt(v), normalized
+    over the tensor, Celo's rule and VeLO's bank start as a relative-step Adam,
+    Δp = λ1·scale·n(m/√v)·rms(p), a working optimizer that meta-training then reshapes; from
+    the random init, thousands of CPU meta-steps did not find one (README, Celo)."""
+    if len(sizes) < 3 or min(sizes[1:-1]) < 2:
+        raise ValueError(f"need ≥ 1 hidden layer of width ≥ 2, got sizes {sizes}")
+    mlp = init_mlp(key, sizes)
+    last = len(sizes) - 2
+    for i in range(last + 1):
+        w, b = mlp[f"w{i}"], mlp[f"b{i}"]
+        if i == 0:                                    # unit 0 = x, unit 1 = −x
+            w = w.at[:, 0:2].set(0.0).at[column, 0].set(1.0).at[column, 1].set(-1.0)
+        else:                                         # reserved units feed only themselves
+            w = w.at[0:2, :].set(0.0)
+        if 0 < i < last:
+            w = w.at[:, 0:2].set(0.0).at[0, 0].set(1.0).at[1, 1].set(1.0)
+        if i == last:                                 # output 0 = scale·(relu(x) − relu(−x))
+            w = w.at[:, 0].set(0.0).at[0, 0].set(scale).at[1, 0].set(-scale)
+        else:
+            b = b.at[0:2].set(0.0)
+        mlp[f"w{i}"], mlp[f"b{i}"] = w, b
+    return mlp
+
+
 def apply_mlp(mlp, x, scale=None, extra_bias=0.0):
     """ReLU MLP on the last axis of x. `scale` (per input column) is folded into the first layer,
     (x·s) @ W0 = x @ (s·W0), so normalized features are never materialized; `extra_bias` adds

@@ -100,15 +100,17 @@ CELO_OUTER = (("meta_lr", 3e-4), ("final_lr", 3e-4), ("warmup_steps", 0), ("max_
 # meta-steps of stage 1 and 2000 of stage 2, ≈ 26 min on 2 cores (README), the shipped checkpoint.
 CELO_SETTINGS = CELO_OUTER + (("meta_steps", 7000), ("stage1_steps", 5000))
 
+# Celo §3 "decoupled training": stage 1 learns the rule with η ≡ 1, stage 2 the scheduler.
+CELO_STAGES = (Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False),)),
+               Stage("scheduler", ("scheduler",), "", (("use_scheduler", True),)))
+
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
     "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
     # Celo (celo.txt §3, App. A.3): stage 1 learns the update rule with η ≡ 1, stage 2 the
     # scheduler with the rule frozen; outer AdamW at a constant 3e-4 with weight decay 1e-4.
     "celo": Recipe(lambda task, **kw: celo.learned_optimizer(**kw),
-                   settings=CELO_SETTINGS,
-                   stages=(Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False),)),
-                           Stage("scheduler", ("scheduler",), "", (("use_scheduler", True),)))),
+                   settings=CELO_SETTINGS, stages=CELO_STAGES),
     # Ablations of Celo Table 3: (c) single-stage (joint) training, (b) no scheduler (η ≡ 1).
     "celo_joint": Recipe(lambda task, **kw: celo.learned_optimizer(**kw), settings=CELO_SETTINGS),
     "celo_no_scheduler": Recipe(lambda task, **kw: celo.learned_optimizer(use_scheduler=False),
@@ -116,7 +118,15 @@ OPTIMIZERS = {
     # VeLO (velo_summary.txt) at the small size (LSTM 64, bank 32: Celo's VeLO-S); the paper
     # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
     "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"),
-                   settings=CELO_OUTER + (("out", os.path.join("checkpoints", "velo_small.npz")),)),
+                   settings=CELO_OUTER + (("meta_steps", 1500),
+                                          ("out", os.path.join("checkpoints", "velo_small.npz")))),
+    # The papers' random meta-initialization (ours starts from a relative-step Adam: celo.py
+    # RULE_INIT, velo.py META_INIT), for the ablation in the README.
+    "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
+                               settings=CELO_SETTINGS, stages=CELO_STAGES),
+    "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
+                                                                         meta_init="random"),
+                               settings=CELO_OUTER + (("meta_steps", 1500),)),
     # --- more registry entries below (one per learned optimizer) ---
     # μLO (mulo.txt §4, App. C): small_fc_lopt in μP on μP optimizees (mup.py), meta-trained on
     # several widths at once; its SP twin (LO_M) with the same recipe; μVeLO_M.

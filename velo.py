@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, lstm_step,
-                           per_parameter_mlp)
+from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp,
+                           init_mlp_with_direction, lstm_step, per_parameter_mlp)
 
 STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
 EXP_MULT = 1e-3        # λ2 (μLO Eq. (9); reference exp_mult)
@@ -50,6 +50,22 @@ FF_OUTPUTS = 2         # direction, log-magnitude; the reference's third output 
 FAC_MOM_EPS = 0.0      # m·(u + ε)^−1/2 for < 2-d tensors: VeLO has no ε (small_fc_lopt: 1e-6)
 NUM_MLP_INPUTS = features.NUM_VELO_FEATURES    # 30 (μLO Table 3)
 NUM_LSTM_INPUTS = features.NUM_LSTM_FEATURES   # 30 (μLO Table 4)
+
+# Ours (not the paper's): meta_init="adam" starts VeLO as a relative-step Adam, as Celo's rule
+# (celo.RULE_INIT): every bank member's output d reads only n(m_0.9/√v), the controls start at
+# CONTROLS_INIT each and every member at 1/(MIX_SCALE·CONTROLS_INIT) = 1/10 of the target MLP, so
+# the mixed MLP is d = INIT_SCALE·n(m/√v) plus the members' mean random part. The product
+# C·θ_k is split evenly (√(1/MIX_SCALE) each): with controls at 0.01 and full-size members, PES
+# (σ = 0.01) and AdamW (3e-4 per step) move the mixing scale 100·mean_k(ΔC_k), tens of percent
+# per step, and meta-training made the held-out score worse (0.79 untrained → 0.29). The controls'
+# h-weights are shrunk by CONTROLS_INIT_SHRINK and lr_mult starts at 1 (weights shrunk by
+# LR_MULT_INIT_SHRINK), so every tensor starts alike. The paper's random init is "random".
+META_INIT = "adam"
+INIT_SCALE = 10.0
+CONTROLS_INIT = 0.1
+CONTROLS_INIT_SHRINK = 0.01
+LR_MULT_INIT_SHRINK = 0.1
+ADAM_DIRECTION = features.column_index(features.VELO_GROUPS, "m_rv", 0)  # m_0.9 · rsqrt(v)
 
 # (LSTM width H, bank size K). paper: VeLO App. B.3 / the released weights (2,320,385 reference
 # meta-parameters, 2,303,233 live). small: "VeLO-S" of Celo §5 and App. A.2, our default for
@@ -82,19 +98,31 @@ def _linear(key, fan_in, fan_out):
     return {"w": mlp["w0"], "b": mlp["b0"]}
 
 
-def init_meta_params(key, lstm_hidden=SIZES["small"][0], bank=SIZES["small"][1]):
-    """Random θ as the reference initializes it (haiku defaults; zero initial LSTM state)."""
+def init_meta_params(key, lstm_hidden=SIZES["small"][0], bank=SIZES["small"][1],
+                     meta_init=META_INIT):
+    """θ at meta-initialization. meta_init="random": as the reference (haiku defaults, zero
+    initial LSTM state). "adam" (ours, the default): a relative-step Adam to start (META_INIT)."""
+    if meta_init not in ("adam", "random"):
+        raise ValueError(f"meta_init must be 'adam' or 'random', got {meta_init!r}")
     k_mix, k_proj, k_lstm, k_ctl, k_lr, k_bank = jax.random.split(key, 6)
     sizes = (NUM_MLP_INPUTS,) + (FF_HIDDEN,) * FF_HIDDEN_LAYERS + (FF_OUTPUTS,)
     # Each member: truncated normal σ = 1/sqrt(fan_in) (first layer: fan_in = all 30 inputs).
-    bank_mlps = jax.vmap(lambda k: init_mlp(k, sizes))(jax.random.split(k_bank, bank))
+    member = (partial(init_mlp_with_direction, sizes=sizes, column=ADAM_DIRECTION,
+                      scale=INIT_SCALE) if meta_init == "adam" else partial(init_mlp, sizes=sizes))
+    bank_mlps = jax.vmap(lambda k: member(k))(jax.random.split(k_bank, bank))
+    controls, lr_mult = _linear(k_ctl, lstm_hidden, bank), _linear(k_lr, lstm_hidden, 1)
+    if meta_init == "adam":   # mixed MLP = the members' mean, lr_mult = 1, up to small h terms
+        bank_mlps = jax.tree.map(lambda w: w / (MIX_SCALE * CONTROLS_INIT), bank_mlps)
+        controls = {"w": controls["w"] * CONTROLS_INIT_SHRINK,
+                    "b": jnp.full((bank,), CONTROLS_INIT, jnp.float32)}
+        lr_mult = {"w": lr_mult["w"] * LR_MULT_INIT_SHRINK, "b": jnp.ones((1,), jnp.float32)}
     return {"mix": _linear(k_mix, NUM_LSTM_INPUTS, lstm_hidden),
             "proj": _linear(k_proj, NUM_LSTM_INPUTS, lstm_hidden),
             "lstm": init_lstm(k_lstm, lstm_hidden, lstm_hidden),
             "lstm_init": {"h": jnp.zeros((lstm_hidden,), jnp.float32),
                           "c": jnp.zeros((lstm_hidden,), jnp.float32)},
-            "controls": _linear(k_ctl, lstm_hidden, bank),
-            "lr_mult": _linear(k_lr, lstm_hidden, 1),
+            "controls": controls,
+            "lr_mult": lr_mult,
             "bank": bank_mlps}
 
 
@@ -196,7 +224,8 @@ def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MU
             State(treedef.unflatten(new_acc), h, c, loss_state, state.step + 1, state.num_steps))
 
 
-def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT):
+def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
+                      meta_init=META_INIT):
     """The contract record for one of SIZES.
 
     "small" (H = 64, K = 32) is Celo's VeLO-S (Celo §5, App. A.2): a published size with
@@ -208,7 +237,8 @@ def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT):
     """
     lstm_hidden, bank = SIZES[size]
     return LearnedOptimizer(f"velo_{size}",
-                            partial(init_meta_params, lstm_hidden=lstm_hidden, bank=bank),
+                            partial(init_meta_params, lstm_hidden=lstm_hidden, bank=bank,
+                                    meta_init=meta_init),
                             init, partial(step, step_mult=step_mult, exp_mult=exp_mult),
                             needs_loss=True)
 

@@ -196,7 +196,7 @@ def test_untrained_theta_and_eta0():
     """Meta-init as haiku's: weights truncated normal (±2σ, σ = 1/sqrt(fan_in)), zero biases, a
     zero initial LSTM state; except the output bias ln(1/α), so the untrained scheduler gives
     η₀ = α·exp(ln(1/α) + small) ≈ 1: stage 2 starts from stage 1's η ≡ 1."""
-    theta = INIT_THETA(jax.random.PRNGKey(3))
+    theta = celo.init_meta_params(jax.random.PRNGKey(3), rule_init="random")
     s = theta["scheduler"]
     assert not np.any(s["h0"]) and not np.any(s["c0"])
     np.testing.assert_allclose(s["out"]["b"], [np.log(10.0)], rtol=1e-6)
@@ -207,6 +207,30 @@ def test_untrained_theta_and_eta0():
     state = celo.init(theta, readme_problem()[0], 10)
     eta = LEARNING_RATE(theta, state, 1.0)
     assert 0.5 < float(eta) < 2.0
+
+
+def test_default_rule_starts_as_relative_adam():
+    """rule_init="adam" (ours): d = 10 · x₇ / sqrt(1e-5 + mean x₇²) exactly, x₇ = m_0.9·rsqrt(v)
+    (Adam's direction, normalized over the tensor), so a fresh θ steps
+    Δp = −1e-3·10·n(x₇)·exp(1e-3·m)·rms(p)·η; the m output stays random."""
+    theta = INIT_THETA(jax.random.PRNGKey(3))
+    assert celo.ADAM_DIRECTION == 7
+    rng = np.random.RandomState(5)
+    for shape in [(20, 30), (7,)]:
+        p = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        s = sfl.acc.init_tensor(p)
+        for i in range(3):
+            g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+            s = sfl.acc.update_tensor(s, g, sfl.acc.MOMENTUM_DECAYS, sfl.acc.RMS_DECAYS,
+                                      sfl.acc.ADAFACTOR_DECAYS)
+        x = np.asarray(s.m[..., 0] / np.sqrt(np.asarray(s.rms[..., 0]) + features.RMS_EPS),
+                       np.float64)
+        d, m = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
+        np.testing.assert_allclose(d, 10.0 * x / np.sqrt(1e-5 + np.mean(x ** 2)), rtol=1e-4,
+                                   atol=1e-5)
+        assert float(jnp.std(m)) > 0.0
+    with pytest.raises(ValueError, match="rule_init"):
+        celo.init_meta_params(jax.random.PRNGKey(0), rule_init="xavier")
 
 
 def noisy(theta, rng, scale=0.5):

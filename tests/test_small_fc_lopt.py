@@ -180,3 +180,26 @@ def test_fused_mlp_equals_plain_mlp_on_stacked_features(hidden, shape):
                                             features.RMS_EPS), -1)
     plain = sfl.apply_mlp(mlp, x, features.column_scale(x))
     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_init_mlp_with_direction_starts_as_scale_times_one_input():
+    """Output 0 = scale·x[column] exactly, at any depth; the other outputs still see the other
+    inputs; too narrow a hidden layer is refused."""
+    x = jax.random.normal(jax.random.PRNGKey(2), (50, 30))
+    for sizes in [(30, 4, 2), (30, 4, 4, 2), (30, 8, 4, 4, 3)]:
+        mlp = sfl.init_mlp_with_direction(jax.random.PRNGKey(1), sizes, 7, 10.0)
+        y = sfl.apply_mlp(mlp, x)
+        np.testing.assert_allclose(y[:, 0], 10.0 * x[:, 7], rtol=1e-5, atol=1e-5)
+        assert float(jnp.std(y[:, 1])) > 0.0
+        y2 = sfl.apply_mlp(mlp, x.at[:, 3].add(1.0))
+        np.testing.assert_array_equal(y2[:, 0], y[:, 0])
+    with pytest.raises(ValueError, match="hidden layer"):
+        sfl.init_mlp_with_direction(jax.random.PRNGKey(1), (30, 1, 2), 7, 10.0)
+
+
+def test_column_index_matches_feature_order():
+    assert features.column_index(features.VELO_GROUPS, "m_rv", 0) == 7
+    assert features.column_index(features.ADAFAC_GROUPS, "m_rv", 2) == 8
+    assert sum(features.GROUP_WIDTH.get(g, 1) for g in features.VELO_GROUPS) == 30
+    with pytest.raises(ValueError, match="not one of"):
+        features.column_index(features.VELO_GROUPS, "nope")
