@@ -86,11 +86,11 @@ def interleaved(fns, repeats=REPEATS, inner=3):
 def learned_optimizers():
     """name → optax factory (θ from a fresh init: speed does not depend on θ's values)."""
     out = {}
-    for name in train.OPTIMIZERS:
-        if name.startswith("local_sgd") or name.endswith("_random_init"):  # not per-step / same
-            continue                                                      # cost as the default
+    for name, r in train.OPTIMIZERS.items():
+        if not r.per_step or name.endswith("_random_init"):  # not per-step (local SGD) / the
+            continue                                         # default's cost (another θ init)
         task = tasks.get_task("quadratic")
-        lopt = train.recipe(name).build(task, **dict(train.recipe(name).stages[-1].build_kwargs))
+        lopt = r.build(task, **dict(r.stages[-1].build_kwargs))
         theta = lopt.init_meta_params(jax.random.PRNGKey(0))
         out[name] = partial(lopt.optimizer, theta)
     paper = velo.learned_optimizer("paper")   # VeLO at the released size (LSTM 512, bank 256)

@@ -51,7 +51,6 @@ NUM_SCHEDULER_INPUTS = len(features.PROGRESS_SHIFTS) + acc.NUM_LOSS_EMAS - 1  # 
 # paper's random init ("random"), 7,000 CPU meta-steps reached only 0.2 there (README, Celo).
 RULE_INIT = "adam"
 RULE_INIT_SCALE = 10.0
-ADAM_DIRECTION = features.column_index(features.VELO_GROUPS, "m_rv", 0)  # m_0.9 · rsqrt(v)
 # Meta-training stages (Celo §3 "Decoupled training", Fig. 3): the θ sub-tree a stage trains
 # (the rest stays frozen) and whether that stage's optimizer uses the scheduler.
 STAGES = {1: ("rule", False), 2: ("scheduler", True)}
@@ -79,7 +78,8 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
                          "b": jnp.full((1,), OUT_BIAS_INIT, jnp.float32)},
                  "h0": jnp.zeros((lstm_hidden,), jnp.float32),
                  "c0": jnp.zeros((lstm_hidden,), jnp.float32)}
-    rule = (init_mlp_with_direction(k_rule, sizes, ADAM_DIRECTION, RULE_INIT_SCALE)
+    rule = (init_mlp_with_direction(k_rule, sizes, features.VELO_ADAM_DIRECTION,
+                                    RULE_INIT_SCALE)
             if rule_init == "adam" else init_mlp(k_rule, sizes))
     return {"rule": rule, "scheduler": scheduler}
 

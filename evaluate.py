@@ -478,8 +478,7 @@ def tune_baseline(task: tasks_lib.Task, name: str, steps: int, seeds: Sequence[i
         if path:
             _write_cache(path, runs)
     losses = np.stack([runs[s] for s in seeds], axis=1)          # [K, N, T]
-    finals = final_training_loss(losses).mean(-1)                     # [K]
-    finals = np.where(np.isfinite(finals), finals, np.inf)
+    finals = final_training_loss(losses).mean(-1)                 # [K], +inf where diverged
     if not np.isfinite(finals).any():
         raise EvaluateError(f"{name} diverged at every learning rate on {task.name}")
     return Tuned(name, lrs, losses, int(np.argmin(finals)))

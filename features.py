@@ -99,6 +99,11 @@ def column_index(groups, group, j=0):
     return sum(GROUP_WIDTH.get(g, 1) for g in groups[:groups.index(group)]) + j
 
 
+# Adam's direction m_0.9·rsqrt(v) among VeLO's (and Celo's) features: where Celo's rule and VeLO's
+# bank start (celo.RULE_INIT, velo.META_INIT).
+VELO_ADAM_DIRECTION = column_index(VELO_GROUPS, "m_rv", 0)
+
+
 class Columns(NamedTuple):
     """The features of one tensor: `dense` ((column, plane of shape S), ...) and, for a ≥2-d
     tensor, `row` / `col` = (columns, array (*reduced shape, k)) that broadcast along d0 / d1."""

@@ -101,7 +101,7 @@ class Runner:
     def tune_mu_adam(self, task, steps):
         """μAdam's lr: the best of MU_ADAM_LRS on `task` (μP: it transfers over width)."""
         losses = self.mu_adam(task, steps, MU_ADAM_LRS)
-        finals = np.where(np.isfinite(f := evaluate.final_training_loss(losses).mean(-1)), f, np.inf)
+        finals = evaluate.final_training_loss(losses).mean(-1)   # +inf where diverged
         self.mu_adam_lr = float(MU_ADAM_LRS[int(np.argmin(finals))])
         self.log(f"  mu_adam lr {self.mu_adam_lr:g} (tuned on {task.name})")
 

@@ -65,7 +65,6 @@ INIT_SCALE = 10.0
 CONTROLS_INIT = 0.1
 CONTROLS_INIT_SHRINK = 0.01
 LR_MULT_INIT_SHRINK = 0.1
-ADAM_DIRECTION = features.column_index(features.VELO_GROUPS, "m_rv", 0)  # m_0.9 · rsqrt(v)
 
 # (LSTM width H, bank size K). paper: VeLO App. B.3 / the released weights (2,320,385 reference
 # meta-parameters, 2,303,233 live). small: "VeLO-S" of Celo §5 and App. A.2, our default for
@@ -107,9 +106,10 @@ def init_meta_params(key, lstm_hidden=SIZES["small"][0], bank=SIZES["small"][1],
     k_mix, k_proj, k_lstm, k_ctl, k_lr, k_bank = jax.random.split(key, 6)
     sizes = (NUM_MLP_INPUTS,) + (FF_HIDDEN,) * FF_HIDDEN_LAYERS + (FF_OUTPUTS,)
     # Each member: truncated normal σ = 1/sqrt(fan_in) (first layer: fan_in = all 30 inputs).
-    member = (partial(init_mlp_with_direction, sizes=sizes, column=ADAM_DIRECTION,
-                      scale=INIT_SCALE) if meta_init == "adam" else partial(init_mlp, sizes=sizes))
-    bank_mlps = jax.vmap(lambda k: member(k))(jax.random.split(k_bank, bank))
+    member = (partial(init_mlp_with_direction, sizes=sizes,
+                      column=features.VELO_ADAM_DIRECTION, scale=INIT_SCALE)
+              if meta_init == "adam" else partial(init_mlp, sizes=sizes))
+    bank_mlps = jax.vmap(member)(jax.random.split(k_bank, bank))
     controls, lr_mult = _linear(k_ctl, lstm_hidden, bank), _linear(k_lr, lstm_hidden, 1)
     if meta_init == "adam":   # mixed MLP = the members' mean, lr_mult = 1, up to small h terms
         bank_mlps = jax.tree.map(lambda w: w / (MIX_SCALE * CONTROLS_INIT), bank_mlps)

@@ -214,7 +214,7 @@ def test_default_rule_starts_as_relative_adam():
     (Adam's direction, normalized over the tensor), so a fresh θ steps
     Δp = −1e-3·10·n(x₇)·exp(1e-3·m)·rms(p)·η; the m output stays random."""
     theta = INIT_THETA(jax.random.PRNGKey(3))
-    assert celo.ADAM_DIRECTION == 7
+    assert features.VELO_ADAM_DIRECTION == 7
     rng = np.random.RandomState(5)
     for shape in [(20, 30), (7,)]:
         p = jnp.asarray(rng.normal(size=shape), jnp.float32)

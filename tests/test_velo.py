@@ -201,7 +201,8 @@ def test_default_init_starts_as_relative_adam():
         s = velo.acc.update_tensor(s, g, velo.acc.MOMENTUM_DECAYS, velo.acc.RMS_DECAYS,
                                    velo.acc.ADAFACTOR_DECAYS)
         d, _ = velo.mlp_outputs(jax.tree.map(lambda w: w[i], mixed), p, g, s)
-        x7 = np.asarray(features.velo_features(p, g, s)[..., velo.ADAM_DIRECTION], np.float64)
+        x7 = np.asarray(features.velo_features(p, g, s)[..., features.VELO_ADAM_DIRECTION],
+                        np.float64)
         n7 = x7 / np.sqrt(1e-5 + np.mean(x7 ** 2))
         c = float(np.sum(np.asarray(d) * n7) / np.sum(n7 ** 2))
         np.testing.assert_allclose(d, c * n7, rtol=1e-4, atol=1e-5 * abs(c))
