@@ -503,6 +503,9 @@ def optimizer_names() -> list[str]:
 def check_optimizer(name: str) -> str:
     if name not in BASELINE_LRS and name not in learned_names():
         raise EvaluateError(f"unknown optimizer {name!r}; valid: {', '.join(optimizer_names())}")
+    if name in learned_names() and not getattr(_train().OPTIMIZERS[name], "per_step", True):
+        raise EvaluateError(f"{name} is a server update over workers' deltas, not a per-step "
+                            "optimizer: evaluate it with python local_sgd_experiments.py")
     return name
 
 

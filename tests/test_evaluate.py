@@ -379,6 +379,15 @@ def test_cli_bad_input_one_line_error(capsys, fake_registry, args, needle):
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
 
 
+@pytest.mark.skipif("local_sgd_lopt" not in getattr(train, "OPTIMIZERS", {}),
+                    reason="local_sgd_lopt not registered")
+def test_cli_refuses_server_updates_with_one_line(capsys):
+    """local-SGD server updates (Recipe.per_step False) are not per-step optimizers."""
+    code, out, err = run_cli(capsys, "--opt", "local_sgd_lopt", "--tasks", "quick")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "local_sgd_experiments.py" in err
+
+
 def test_cli_checkpoint_of_another_optimizer(tmp_path, capsys, fake_registry):
     celo_ckpt = ev.ROOT / "checkpoints" / "celo_paper.npz"   # holds "celo"
     code, _, err = run_cli(capsys, "--opt", "small_fc_lopt", "--checkpoint", str(celo_ckpt))

@@ -1,5 +1,5 @@
 """local_sgd.py against oracles: plain SGD, hand-averaged worker deltas, optax's SGD with momentum,
-hand-counted bytes, a 2-device run, and a zero MLP (= local SGD). Tiny tasks keep it fast."""
+hand-counted bytes, a 2-device run, and a fresh LOpt (= SlowMo(1, 0.8)). Tiny tasks keep it fast."""
 import os
 import textwrap
 from functools import partial
@@ -26,6 +26,12 @@ def quad():
 @pytest.fixture(scope="module")
 def ts():
     return tasks.teacher_student(in_dim=4, hidden=(8,), out_dim=2, batch_size=8, noise=0.1)
+
+
+def with_random_output(theta, key):
+    """θ whose MLP output layer is random (a fresh θ has d ≡ 0, so the MLP would not show)."""
+    w = theta["mlp"]["w2"]
+    return {**theta, "mlp": {**theta["mlp"], "w2": 0.3 * jax.random.normal(key, w.shape)}}
 
 
 def sgd_worker(task, params, data, key, steps, lr):
@@ -65,7 +71,7 @@ def test_mean_delta_is_the_average_of_worker_deltas_and_is_lopts_input(ts):
         np.testing.assert_allclose(deltas[name][1], by_hand[1][name], rtol=1e-5, atol=1e-7)
     # the round hands LOpt exactly g = −Δ̄
     lopt = local_sgd.lopt()
-    theta = lopt.init_meta_params(jax.random.PRNGKey(3))
+    theta = with_random_output(lopt.init_meta_params(jax.random.PRNGKey(3)), jax.random.PRNGKey(4))
     state = lopt.init(theta, params, 10)
     new, _, _ = local_sgd.round_step(ts, lopt, theta, params, state, ts.data,
                                      jax.random.PRNGKey(2), k_workers, 2, LR)
@@ -82,8 +88,9 @@ def test_lagg_without_worker_columns_is_lopt_and_ignores_worker_order(ts):
     worker_g = jax.tree.map(lambda p: 0.01 * jax.random.normal(jax.random.PRNGKey(5),
                                                                (k_workers,) + p.shape), params)
     lagg, lopt = local_sgd.lagg(k_workers), local_sgd.lopt()
-    theta = lagg.init_meta_params(jax.random.PRNGKey(6))
-    n = local_sgd.features.NUM_ADAFAC_FEATURES
+    theta = with_random_output(lagg.init_meta_params(jax.random.PRNGKey(6)),
+                               jax.random.PRNGKey(7))
+    n = local_sgd.U_COLUMN + 1                     # LAgg's K worker columns follow n(u)
     w0 = theta["mlp"]["w0"]
     w0_lopt = jnp.concatenate([w0[:n], w0[n + k_workers:]])
     theta_lopt = {**theta, "mlp": {**theta["mlp"], "w0": w0_lopt}}
@@ -101,16 +108,36 @@ def test_lagg_without_worker_columns_is_lopt_and_ignores_worker_order(ts):
     np.testing.assert_array_equal(jnp.stack(local_sgd.sort_workers(list(x))), jnp.sort(x, 0))
 
 
-def test_zero_mlp_output_is_local_sgd_and_slowmo_is_optax_momentum(ts):
+def test_fresh_lopt_is_slowmo_and_one_weight_scales_it_and_slowmo_is_optax_momentum(ts):
     params = ts.init(jax.random.PRNGKey(8))
     grads = [jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(i), p.shape), params)
              for i in range(3)]
-    lopt = local_sgd.lopt()
+    nominal = local_sgd.slowmo(local_sgd.NOMINAL_SERVER_LR, local_sgd.NOMINAL_MOMENTUM)
+    hp = nominal.init_meta_params()
+    for update in (local_sgd.lopt(), local_sgd.lagg(2)):
+        theta = update.init_meta_params(jax.random.PRNGKey(9))
+        s1, s2 = update.init(theta, params, 3), nominal.init(hp, params, 3)
+        for g in grads:        # a fresh θ is exactly the nominal SlowMo(1, 0.8) for rounds
+            g_in = jax.tree.map(lambda x: jnp.stack([x, x]), g) if update.all_deltas else g
+            u1, s1 = update.step(theta, s1, params, g_in, 0.0)
+            u2, s2 = nominal.step(hp, s2, params, g, 0.0)
+            for name in params:
+                np.testing.assert_allclose(u1[name], u2[name], rtol=1e-6)
+    # d = s·n(u) through the reserved units (and m ≡ 0): Δθ = −u − λ1·rms(u)·s·u/√(1e-5 + mean u²)
+    lopt, s = local_sgd.lopt(), 0.5
     theta = lopt.init_meta_params(jax.random.PRNGKey(9))
-    theta["mlp"]["w2"] = jnp.zeros_like(theta["mlp"]["w2"])   # d = m = 0: plain averaging
-    upd, _ = lopt.step(theta, lopt.init(theta, params, 3), params, grads[0], 0.0)
+    w = jnp.zeros_like(theta["mlp"]["w2"]).at[0, 0].set(s).at[1, 0].set(-s)
+    theta = {**theta, "mlp": {**theta["mlp"], "w2": w, "b2": jnp.zeros(2)}}
+    state = lopt.init(theta, params, 3)
+    for g in grads:
+        upd, state = lopt.step(theta, state, params, g, 0.0)
     for name in params:
-        np.testing.assert_allclose(upd[name], -grads[0][name], rtol=1e-6)
+        u = np.asarray(state.u[name], np.float64)
+        ms = np.mean(u ** 2)
+        expect = -u - local_sgd.STEP_MULT * np.sqrt(ms) * s * u / np.sqrt(1e-5 + ms)
+        np.testing.assert_allclose(upd[name], expect, rtol=1e-5)
+        assert np.allclose(u, sum(0.8 ** (2 - i) * np.asarray(g[name]) for i, g in
+                                  enumerate(grads)), rtol=1e-5)
     # SlowMo (α, β) = heavy-ball SGD on pseudo-gradients: optax.sgd(α, momentum=β)
     slow = local_sgd.slowmo(0.7, 0.8)
     hp = slow.init_meta_params()
@@ -212,3 +239,22 @@ SHARDED = textwrap.dedent("""
 
 def test_sharded_workers_match_vmapped_workers():
     run_on_two_devices(SHARDED)
+
+
+def test_experiments_quick_writes_table_json_and_plots(tmp_path, capsys):
+    """local_sgd_experiments.py --quick end to end: the table, results.json and one plot per H;
+    tuned SlowMo's grid contains local SGD, so it is never worse; bad flags are one line."""
+    import json
+    import local_sgd_experiments as lx
+    assert lx.main(["--quick", "--out", str(tmp_path), "--local-steps", "2"]) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert set(r["results"]) == set(lx.QUICK["tasks"]) and list(r["summary"]) == ["2"]
+    for t in r["results"].values():
+        finals = {m: np.mean(t["2"][m]["final"]) for m in lx.METHODS}
+        assert finals["slowmo"] <= finals["local_sgd"] and all(np.isfinite(list(finals.values())))
+    assert (tmp_path / "table.md").read_text().startswith("Local SGD, K = 8")
+    assert (tmp_path / "loss_vs_rounds_H2.png").stat().st_size > 0
+    capsys.readouterr()
+    assert lx.main(["--quick", "--local-steps", "0,x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --local-steps") and err.count("\n") == 1
