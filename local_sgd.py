@@ -19,16 +19,17 @@ pseudo-gradients −Δ_k, sorted per entry (so the update does not depend on wor
 more columns normalized like the others.
 
 The output form is ours (the paper's is not in our materials): a learned residual on a nominal
-server update (Harrison et al. 2022 add such a "nominal" term to learned optimizers), SlowMo with
-α = 1 and β0 = 0.8, in units of the tensor's rms(u), so the update is scale-equivariant. The MLP
+server update (Harrison et al. 2022 add such a "nominal" term to learned optimizers), SlowMo(α0,
+β0) = SlowMo(1, 0.8), in units of the tensor's rms(u), so the update is scale-equivariant. The MLP
 starts with d ≡ 0 (small_fc_lopt.init_mlp_with_direction with gain 0 on n(u)): a fresh θ *is*
-SlowMo(1, 0.8), and scaling the nominal step, d = s·n(u) ⇒ θ ← θ − (1 + λ1·s)·u, is one weight
-away. Why: our first version was a residual on plain averaging (a zero MLP = local SGD); after 130
-meta-steps it beat tuned local SGD but lost to tuned SlowMo on every task (README), and residual
-updates in units of rms(g) cannot express momentum, which needs rms(u)/rms(g) per tensor. The same
-lesson as Celo's and VeLO's Adam-direction init: start meta-training from an optimizer that works.
-β0 = 0.8 is the top of Wang et al.'s recommended range [0.5, 0.8] and what tuning picks on our
-held-out tasks (0.9 is worse there), so what LOpt gains over tuned SlowMo is what it learned.
+SlowMo(1, 0.8), and scaling the nominal step, d = s·n(u) ⇒ θ ← θ − (1 + λ1·s)·u (as n(u) ≈
+u/rms(u)), is one weight away. Why: our first version was a residual on plain averaging (a zero MLP
+= local SGD); after 130 meta-steps it beat tuned local SGD but lost to tuned SlowMo on every task
+(README), and residual updates in units of rms(g) cannot express momentum, which needs
+rms(u)/rms(g) per tensor. The same lesson as Celo's and VeLO's Adam-direction init: start
+meta-training from an optimizer that works. β0 = 0.8 is the top of Wang et al.'s recommended range
+[0.5, 0.8] and what tuning picks on our held-out MLPs (0.9 is worse there), so what LOpt gains over
+tuned SlowMo is what it learned.
 
 Data shards: worker k of round r draws i.i.d. minibatches from the task's training data with its
 own key (split(round key, K)[k]): the homogeneous-data setting, where every worker's shard is an
