@@ -145,10 +145,7 @@ def init_meta_params(key, num_workers=0, hidden=HIDDEN, hidden_layers=HIDDEN_LAY
     inputs = U_COLUMN + 1 + num_workers + len(features.TIME_SCALES)
     sizes = (inputs,) + (hidden,) * hidden_layers + (2,)
     mlp = small_fc_lopt.init_mlp_with_direction(key, sizes, U_COLUMN, DIRECTION_INIT)
-    return {"mlp": mlp,  # learned decay offsets as small_fc_lopt's, 0 at init ⇒ β = β0
-            "momentum_decays": jnp.zeros(len(acc.MOMENTUM_DECAYS), jnp.float32),
-            "rms_decays": jnp.zeros(len(acc.RMS_DECAYS), jnp.float32),
-            "adafactor_decays": jnp.zeros(len(acc.ADAFACTOR_DECAYS), jnp.float32)}
+    return {"mlp": mlp, **small_fc_lopt.init_decay_offsets()}
 
 
 def init(theta, params, num_steps):

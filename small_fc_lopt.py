@@ -191,13 +191,17 @@ class State(NamedTuple):
     num_steps: jnp.ndarray   # () int32, planned training length (stored, unused here)
 
 
-def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS):
-    sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (2,)
-    return {"mlp": init_mlp(key, sizes),
-            # learned decay offsets, 0 at init ⇒ β = β0 (reference)
-            "momentum_decays": jnp.zeros(len(acc.MOMENTUM_DECAYS), jnp.float32),
+def init_decay_offsets():
+    """The learned accumulator decay offsets that `decays` reads, 0 at init ⇒ β = β0 (reference);
+    local_sgd.py's θ has them too."""
+    return {"momentum_decays": jnp.zeros(len(acc.MOMENTUM_DECAYS), jnp.float32),
             "rms_decays": jnp.zeros(len(acc.RMS_DECAYS), jnp.float32),
             "adafactor_decays": jnp.zeros(len(acc.ADAFACTOR_DECAYS), jnp.float32)}
+
+
+def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS):
+    sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (2,)
+    return {"mlp": init_mlp(key, sizes), **init_decay_offsets()}
 
 
 def learned_decays(offsets, initial):
