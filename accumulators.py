@@ -1,8 +1,9 @@
 """Accumulators: the running statistics every learned optimizer here reads.
 
 Metz et al. 2022, "Practical tradeoffs between memory, compute, and performance in learned
-optimizers" (small_fc_lopt / AdafacMLPLOpt); μLO paper (mulo.txt) App. A.3 Table 2 lists them;
-Celo (celo.txt) Alg. 1 line 3 and VeLO (velo_summary.txt) reuse them, plus the loss EMAs.
+optimizers" (small_fc_lopt / AdafacMLPLOpt; arXiv 2203.11860); μLO (arXiv 2406.00153) App. A.3
+Table 2 lists them; Celo (arXiv 2501.12670) Alg. 1 line 3 and VeLO (arXiv 2211.09760) reuse them,
+plus the loss EMAs.
 
 Implements, as pure functions over immutable NamedTuples:
   * momenta m ← β m + (1−β) g, for several β at once (trailing "decay" axis);
@@ -16,13 +17,13 @@ from typing import NamedTuple, Optional
 import jax.numpy as jnp
 import numpy as np
 
-# learned_optimization AdafacMLPLOpt defaults (REFERENCE.md "Accumulators").
+# AdafacMLPLOpt defaults of the reference code (google/learned_optimization).
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAYS = (0.999,)
 ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
 FACTORED_EPS = 1e-30      # added to g² before the row/column means (reference)
 SAFE_RSQRT_FLOOR = 1e-9   # rsqrt(max(x, 1e-9)) in the factored estimate (reference)
-NUM_LOSS_EMAS = 10        # VeLO / Celo loss buffer: ten time scales (REFERENCE.md "Loss features")
+NUM_LOSS_EMAS = 10        # VeLO / Celo loss buffer: ten time scales (google/learned_optimization)
 LOSS_MIN_INIT = 999999999999.0  # initial running minimum (reference)
 
 
@@ -146,7 +147,7 @@ class LossEMAState(NamedTuple):
 
 def loss_ema_decays(num_steps):
     """d_j = exp(−1/h_j), h = logspace(1, log10 N, 10): the code says "halflife" but it is an
-    e-folding time (REFERENCE.md; oracles README "Details these files pin down")."""
+    e-folding time (the reference code, google/learned_optimization)."""
     n = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
     h = 10.0 ** jnp.linspace(1.0, jnp.log10(n), NUM_LOSS_EMAS)
     return jnp.exp(-1.0 / h).astype(jnp.float32)

@@ -1,6 +1,8 @@
 """bench.py: speed of the learned optimizers and of meta-training, as ratios taken in one run.
 
-    python bench.py [--json PATH] [--widths 256,1024,4096] [--skip pes]
+    python bench.py [--json PATH] [--plots DIR] [--widths 256,1024,4096] [--skip pes]
+
+It writes files only where --json and --plots say (by default none; it prints as it measures).
 
 Machines are noisy, so every comparison interleaves its contenders (A, B, A, B, …) and reports
 the median of each; the README's numbers are the ratios. Measured here:
@@ -28,8 +30,8 @@ import optax
 
 import pes
 import small_fc_lopt
+import registry
 import tasks
-import train
 import velo
 
 BATCH = 128
@@ -86,7 +88,7 @@ def interleaved(fns, repeats=REPEATS, inner=3):
 def learned_optimizers():
     """name → optax factory (θ from a fresh init: speed does not depend on θ's values)."""
     out = {}
-    for name, r in train.OPTIMIZERS.items():
+    for name, r in registry.OPTIMIZERS.items():
         if not r.per_step or name.endswith("_random_init"):  # not per-step (local SGD) / the
             continue                                         # default's cost (another θ init)
         task = tasks.get_task("quadratic")
@@ -111,7 +113,10 @@ def bench_steps(widths, names=None):
     results = {}
     for width in widths:
         params, loss = mlp_problem(width, jax.random.PRNGKey(width))
-        contenders = {"adam": optax.with_extra_args_support(optax.adam(1e-3))}
+        contenders = {"adam": optax.with_extra_args_support(optax.adam(1e-3)),
+                      # the hand-designed counterparts of celo2_base and celo2 (Celo2's harness)
+                      "adamw": optax.with_extra_args_support(optax.adamw(1e-3)),
+                      "muon": optax.with_extra_args_support(optax.contrib.muon(2e-2))}
         contenders.update({k: f(1000) for k, f in opts.items()})
         calls, states = [], {}
         for name, tx in contenders.items():
@@ -135,9 +140,9 @@ def bench_steps(widths, names=None):
 def pes_throughput(opt_name, augment="global"):
     """Inner steps per second of PES in the Celo configuration on all visible devices."""
     task = tasks.get_task("celo_fmnist_8x8")
-    r = train.recipe(opt_name)
+    r = registry.recipe(opt_name)
     lopt = r.build(task, **dict(r.stages[-1].build_kwargs))
-    problem = train.make_problem(task, lopt, augment)
+    problem = registry.make_problem(task, lopt, augment)
     cfg = pes.Config(PES_PAIRS, pes.TRUNCATION, pes.SIGMA, 100, 2000)
     mesh = pes.make_mesh() if len(jax.devices()) > 1 else None
     theta = lopt.init_meta_params(jax.random.PRNGKey(0))
@@ -254,12 +259,14 @@ def velo_cost_model(plot_path=""):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", default="")
+    parser.add_argument("--json", default="", metavar="PATH",
+                        help="write the results as JSON here (default: none)")
     parser.add_argument("--widths", default="256,1024,4096")
     parser.add_argument("--opts", default="", help="comma-separated learned optimizers (default all)")
     parser.add_argument("--pes-opt", default="celo", help="optimizer for the PES throughput")
     parser.add_argument("--skip", default="", help="comma-separated: steps,pes,cost")
-    parser.add_argument("--cost-plot", default="results/bench/velo_cost_model.png")
+    parser.add_argument("--plots", default="", metavar="DIR",
+                        help="write velo_cost_model.png into this folder (default: no plot)")
     parser.add_argument("--pes-worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pes_worker:
@@ -273,18 +280,24 @@ def main(argv=None):
         result["steps"] = {str(k): v for k, v in steps.items()}
         at = str(1024 if 1024 in widths else widths[-1])
         ratios = {k[:-6]: v for k, v in steps[int(at)].items()
-                  if k.endswith("_ratio") and not k.startswith("adam")}
+                  if k.endswith("_ratio") and k[:-6] not in ("adam", "adamw", "muon")}
         if "velo_paper" in ratios:   # issue targets: "velo" is the paper size, the registry's
             ratios["velo_small"] = ratios.pop("velo", None)   # CPU-trained one is velo_small
             ratios["velo"] = ratios.pop("velo_paper")
         result["step_ratio_vs_adam"] = {k: v for k, v in ratios.items() if v is not None}
+        row = steps[int(at)]
+        if "celo2_ms" in row:     # Celo2's harness against Muon's, its learned part against AdamW's
+            result["step_ratio_vs_muon"] = {"celo2": row["celo2_ms"] / row["muon_ms"]}
+            result["step_ratio_vs_adamw"] = {k: row[f"{k}_ms"] / row["adamw_ms"]
+                                             for k in ("celo2", "celo2_base") if f"{k}_ms" in row}
         result["step_ratio_width"] = int(at)
     if "pes" not in skip:
-        name = args.pes_opt if args.pes_opt in train.OPTIMIZERS else "small_fc_lopt"
+        name = args.pes_opt if args.pes_opt in registry.OPTIMIZERS else "small_fc_lopt"
         result.update(pes_scaling(name))
         print(f"scaling 1 → 2 devices: {result['pes_scaling_2dev']:.2f} of ideal")
     if "cost" not in skip:
-        result["velo_cost_model"] = velo_cost_model(args.cost_plot)
+        result["velo_cost_model"] = velo_cost_model(
+            os.path.join(args.plots, "velo_cost_model.png") if args.plots else "")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

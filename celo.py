@@ -1,7 +1,7 @@
 """Celo: a learned LSTM scheduler on top of a learned per-parameter MLP update rule.
 
 Moudgil et al., "Celo: Training Versatile Learned Optimizers on a Compute Diet", TMLR 2025
-(celo.txt) §3 and Algorithm 1. One scalar η_t from an LSTM that reads only global features
+(arXiv 2501.12670) §3 and Algorithm 1. One scalar η_t from an LSTM that reads only global features
 (training progress, loss EMAs) scales the step of a tiny MLP applied to every parameter:
     Δp = λ1 · d · exp(λ2 · m) · rms(p) · η_t,   η_t = α · exp(o_t),   p ← p − Δp
 The two parts are meta-trained in two stages (§3 "Decoupled training"): stage 1 trains θ["rule"]
@@ -28,7 +28,8 @@ import features
 from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp,
                            init_mlp_with_direction, lstm_step, per_parameter_mlp)
 
-# Fixed scalars of Algorithm 1 (celo.txt Alg. 1 line 2) and the reference code (amoudgl/celo).
+# Fixed scalars of Algorithm 1 (Celo, arXiv 2501.12670, Alg. 1 line 2) and the reference code
+# (amoudgl/celo).
 STEP_MULT = 1e-3          # λ1 (Celo Eq. (2))
 EXP_MULT = 1e-3           # λ2 (Celo Eq. (2))
 ALPHA = 0.1               # α: η = α·exp(o) (Celo Alg. 1 line 7; reference `* 0.1`)
@@ -36,7 +37,7 @@ OUT_BIAS_INIT = -float(jnp.log(ALPHA))  # ours: out.b = ln(1/α) at init, so a f
                           # η ≈ 1, the η ≡ 1 that stage 1 trained the rule with. The reference
                           # starts at η ≈ α = 0.1 and unlearns the 10× over 100K stage-2 steps;
                           # with a CPU budget of a few thousand steps that gap would not close.
-GRAD_CLIP = 1000.0        # g ← clip(g, ±1000) before everything (reference; REFERENCE.md "Celo")
+GRAD_CLIP = 1000.0        # g ← clip(g, ±1000) before everything (reference, amoudgl/celo)
 PARAM_SCALE_EPS = 1e-9    # rms(p) = sqrt(mean(p²) + 1e-9) (reference)
 # Structure (static): widths of the update rule and of the scheduler (Celo §5; published θ).
 HIDDEN = 4                # per-parameter MLP hidden width (as VeLO's MLPs)

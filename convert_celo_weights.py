@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 import celo
-import train
+from checkpoint import save_checkpoint
 
 SOURCE = ("github.com/amoudgl/celo at commit 66d976116f39da286951f0c5e0a18eee8d1fd66b, "
           "algoperf/submissions/celo/theta.state (phase-2 checkpoint of class Celo, "
@@ -124,7 +124,7 @@ def main(argv=None):
               "hidden_layers": celo.HIDDEN_LAYERS, "lstm_hidden": celo.LSTM_HIDDEN}
     meta = {"source": SOURCE, "source_npz_sha256": sha, "converted_by": "convert_celo_weights.py",
             "licence": "MIT", "copyright": COPYRIGHT, "notice": MIT_NOTICE}
-    train.save_checkpoint(args.out, "celo", theta, config=config, meta=meta)
+    save_checkpoint(args.out, "celo", theta, config=config, meta=meta)
     license_path = os.path.join(os.path.dirname(os.path.abspath(args.out)),
                                 "LICENSE-celo-paper.txt")
     with open(license_path, "w") as f:

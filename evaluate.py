@@ -5,14 +5,20 @@ trained T steps with 3 seeds; the training loss is smoothed by an EMA (0.9) and 
 the mean over the last 10 batches; the normalized final-loss score is s = L_adam / L_opt (Eq. (11))
 and the speedup s = T / T_opt (Eq. (12)), T_opt the first step reaching tuned Adam's final loss
 (0 if never); M×N scores are aggregated by IQM, median, mean and optimality gap with stratified
-bootstrap 95% CIs (Agarwal et al. 2021, rliable). This file holds the held-out suite, the tuned
-optax baselines (cached on disk), those statistics in numpy, plots, a Python API and the CLI:
+bootstrap 95% CIs (Agarwal et al. 2021, rliable), all computed by metrics.py. This file holds
+the held-out VALIDATION and TEST suites, the tuned optax baselines (cached on disk), plots, a Python
+API and the CLI:
 
-    python evaluate.py --opt NAME [--checkpoint PATH] [--tasks all|quick|name,name] [--seeds N]
-                       [--steps T] [--json PATH] [--plots DIR]
+    python evaluate.py --opt NAME [--checkpoint PATH] [--tasks validation|test|quick|name,name]
+                       [--seeds N] [--steps T] [--json PATH] [--plots DIR] [--tune-lr]
 
-NAME is a baseline (adam, adamw, sgdm: tuned per task over a log grid of learning rates) or a
-learned optimizer of train.OPTIMIZERS (default θ: its checkpoint in checkpoints/).
+Choose recipes and checkpoints on VALIDATION only; TEST (alias: all) is only reported. The two
+share no (dataset, architecture) pair (task_signature below, test-checked).
+
+NAME is a baseline (adam, adamw, sgdm, muon: tuned per task over a log grid of learning rates) or
+a learned optimizer of train.OPTIMIZERS (default θ: its checkpoint in checkpoints/). --tune-lr
+tunes a learned optimizer that takes a learning rate (LR_OPTIMIZERS: celo2, celo2_base) per task
+over Adam's grid, by the rule that tunes Adam; without it, such an optimizer runs at its default.
 
 Choices the papers leave open, made here on purpose:
 - the training loss at step t is the minibatch loss before update t; EMA y_0 = x_0 (no
@@ -39,7 +45,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -49,14 +54,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import celo2
+import metrics
+import registry
 import tasks as tasks_lib
+from checkpoint import CheckpointError, atomic_write, load_checkpoint
 
 # ----------------------------------------------------------------------------------------------
 # Settings: plain module-level values; the command line overrides the first block.
 # ----------------------------------------------------------------------------------------------
 OPT = "celo"               # --opt: optimizer to evaluate (a baseline or a train.OPTIMIZERS name)
 CHECKPOINT = None          # --checkpoint: θ of a learned optimizer (None: checkpoints/{OPT}.npz)
-TASKS = "quick"            # --tasks: all | quick | name,name,...
+TASKS = "quick"            # --tasks: validation | test (= all) | quick | name,name,...
 SEEDS = 3                  # --seeds: runs per task (Celo App. A.3: 3 seeds per task)
 STEPS = 1000               # --steps: base horizon T; the long-horizon task runs LONG_HORIZON × T
 JSON_PATH = None           # --json: write the results here
@@ -65,21 +74,13 @@ ROOT = Path(__file__).resolve().parent
 CACHE_DIR = ROOT / "runs" / "baselines"     # --cache: tuned-baseline curves ("none": no cache)
 COMPILE_CACHE_DIR = ROOT / "runs" / "jax_cache"  # the CLI's persistent XLA compilation cache
 
-# Metrics (Celo App. A.3 and §4–5.4; rliable's defaults for the statistics)
-EMA_DECAY = 0.9            # "exponential moving average with coefficient 0.9" (Celo App. A.3)
-FINAL_WINDOW = 10          # final loss = mean over the last 10 batches (Celo App. A.3)
-SCORE_FLOOR = 1e-12        # L_opt below this counts as this (all our losses are >= 0; guard only)
-BOOTSTRAP_REPS = 2000      # stratified bootstrap replications (rliable: 50,000; CPU-cheap)
-BOOTSTRAP_SEED = 0         # fixed: the CIs are deterministic
-CI_LEVEL = 0.95            # 95% percentile intervals (rliable's default method)
-IQM_TRIM = 0.25            # IQM drops the top and bottom 25% (Agarwal et al. 2021)
-OPTIMALITY_TARGET = 1.0    # optimality gap γ: tuned Adam's score (Celo §5.4)
-
 # Baselines: optax, tuned per task over the learning rate only (log grid, half-decade spacing)
 ADAM_LRS = tuple(float(10.0 ** e) for e in np.arange(-4.0, -0.99, 0.5))   # 1e-4 … 1e-1 (7)
 SGDM_LRS = tuple(float(10.0 ** e) for e in np.arange(-3.0, 0.01, 0.5))    # 1e-3 … 1 (7)
 SGD_MOMENTUM = 0.9         # heavy-ball momentum (the usual default)
 ADAMW_WEIGHT_DECAY = 1e-2  # decoupled weight decay (PyTorch's AdamW default; not tuned)
+                           # muon: optax.contrib.muon(lr) at optax's defaults (Muon on 2-D
+                           # params, Adam on the rest), tuned over ADAM_LRS
 PLOT_BASELINES = ("adam", "adamw", "sgdm")  # tuned baselines drawn in the aggregate plot
 
 LONG_HORIZON = 5           # the long-horizon task trains 5× the base horizon (5000 steps)
@@ -90,12 +91,15 @@ class EvaluateError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------
-# The held-out suite (CPU-sized analogues of Celo §5.3; none is in the meta-training family:
-# tasks.celo_meta_training_tasks is MLP 64→32→10, batch 64, and tasks.sample_task_family draws
+# The held-out suites: CPU-sized analogues of Celo §5.3, none in the meta-training family
+# (tasks.celo_meta_training_tasks is MLP 64→32→10, batch 64, and tasks.sample_task_family draws
 # uniform widths {16,32,64,128}, depths 1–3, activations relu/tanh/gelu/sigmoid/elu, batch sizes
 # {32,64,128}, convs with 3×3 kernels, AEs (32,8,32)/(64,16,64)/(128,32,128), 2-head LMs with
 # hidden = 2·embed, teacher–student with in_dim ≤ 32, width ≤ 64, depth ≤ 2 and no noise).
 # Every task below differs from that support in at least one structural option (test-checked).
+# VALIDATION chooses recipes and checkpoints; TEST is only reported. No (dataset, architecture)
+# signature is in both (test-checked), so a choice made on VALIDATION meets new data or a new
+# architecture on TEST.
 # ----------------------------------------------------------------------------------------------
 class SuiteTask(NamedTuple):
     builder: str          # a tasks.py builder
@@ -108,7 +112,8 @@ class SuiteTask(NamedTuple):
 
 
 F8, F16 = "fashion_mnist_8x8", "fashion_mnist_16x16"
-SUITE: dict[str, SuiteTask] = {
+F8I, F8C5 = "fashion_mnist_8x8_inverted", "fashion_mnist_8x8_5class"
+TEST: dict[str, SuiteTask] = {
     "fmnist8_mlp_w1024": SuiteTask("image_mlp", dict(dataset=F8, hidden=(1024,), batch_size=64),
                                    1, "32× wider than meta-training (64→1024→10, ReLU)"),
     "fmnist8_mlp_5x64_ln": SuiteTask("image_mlp", dict(dataset=F8, hidden=(64,) * 5,
@@ -148,155 +153,111 @@ SUITE: dict[str, SuiteTask] = {
                                       1, "regression, 6 tanh layers of 32, label noise 0.1"),
     "quadratic_d256_k1e4": SuiteTask("quadratic", dict(dim=256, condition=1e4, noise=0.1),
                                      1, "noisy quadratic (no network), condition number 1e4"),
+    # problems a general-purpose optimizer must handle: a zero start, a deep plain ReLU net
+    "linreg_d32_zero": SuiteTask("linear_regression", dict(in_dim=32, out_dim=1, batch_size=64,
+                                                           noise=0.1),
+                                 1, "least squares 32→1 from all-zero weights and bias"),
+    "fmnist8_logreg_zero": SuiteTask("logistic_regression", dict(dataset=F8, batch_size=128),
+                                     1, "multinomial logistic regression from all-zero w, b"),
+    "fmnist16_mlp_6x64_relu": SuiteTask("image_mlp", dict(dataset=F16, hidden=(64,) * 6,
+                                                          activation="relu", batch_size=64),
+                                        1, "deep plain ReLU MLP, 6×64, no normalization; "
+                                        "biases start at zero (the dense init's)"),
 }
+VALIDATION: dict[str, SuiteTask] = {
+    "fmnist8inv_mlp_2x48_silu": SuiteTask("image_mlp", dict(dataset=F8I, hidden=(48, 48),
+                                                            activation="silu", batch_size=64),
+                                          1, "2×48 SiLU MLP on inverted 8×8 images"),
+    "fmnist8c5_mlp_w256_ln_bs32": SuiteTask("image_mlp", dict(dataset=F8C5, hidden=(256,),
+                                                              layernorm=True, batch_size=32),
+                                            1, "256-wide MLP with layer norm, 5 classes"),
+    "fmnist8c5_logreg_zero": SuiteTask("logistic_regression", dict(dataset=F8C5, batch_size=32),
+                                       1, "logistic regression from all-zero w, b, 5 classes"),
+    "fmnist16_conv_12x24_bs48": SuiteTask("image_conv", dict(dataset=F16, channels=(12, 24),
+                                                             kernel=3, batch_size=48),
+                                          1, "conv net on 16×16 images (TEST's is on 8×8)"),
+    "fmnist8inv_ae_96x24x96": SuiteTask("image_autoencoder", dict(dataset=F8I,
+                                                                  hidden=(96, 24, 96),
+                                                                  batch_size=64),
+                                        1, "MLP autoencoder on inverted 8×8 images"),
+    "teacher_student_tw128": SuiteTask("teacher_student", dict(in_dim=24, hidden=(96, 96),
+                                                               out_dim=2, batch_size=96,
+                                                               activation="gelu", noise=0.05,
+                                                               teacher_width=128),
+                                       1, "regression onto a 24→128→2 teacher, GELU student"),
+    "quadratic_d64_k1e3": SuiteTask("quadratic", dict(dim=64, condition=1e3, noise=0.3, seed=1),
+                                    1, "noisy quadratic, 64 dims, condition number 1e3"),
+    "devil_reversed_lm_ctx24": SuiteTask("byte_lm", dict(context=24, embed=24, hidden=96,
+                                                         layers=1, heads=2, batch_size=24,
+                                                         reverse=True),
+                                         1, "byte LM on the text read backwards, 1 layer"),
+}
+HELD_OUT = {**VALIDATION, **TEST}  # names are unique across the two (test-checked)
 # a representative handful that compiles fast (a learned optimizer's compile time grows with the
 # number of tensors: the LM's ~30 tensors take minutes on 2 cores, so it is only in "all")
 QUICK = ("fmnist8_mlp_2x128_tanh_bs256", "fmnist8_ae_256x64x256", "teacher_student_wide",
          "quadratic_d256_k1e4")  # classification, autoencoder, regression, ill-conditioning
 
 
+ARCHITECTURES = {"image_mlp": "mlp", "teacher_student": "mlp", "image_conv": "conv",
+                 "image_autoencoder": "autoencoder", "byte_lm": "transformer",
+                 "quadratic": "quadratic", "linear_regression": "linear",
+                 "logistic_regression": "linear"}   # builder → architecture kind
+
+
+def task_signature(entry: SuiteTask) -> tuple[str, str]:
+    """(dataset, architecture kind) of a suite task, from its builder and options. The dataset is
+    an image dataset's name, "devil" or "devil_reversed" for text, and for a synthetic generator
+    the structure that fixes its distribution (teacher in×width×out, linear map in×out, quadratic
+    dimension and condition number), not its seed or noise level."""
+    k = {name: p.default for name, p in
+         inspect.signature(getattr(tasks_lib, entry.builder)).parameters.items()}
+    k.update(entry.kwargs)
+    if "dataset" in k:
+        data = k["dataset"]
+    elif entry.builder == "byte_lm":
+        data = "devil_reversed" if k["reverse"] else "devil"
+    elif entry.builder == "teacher_student":
+        data = f"synthetic_teacher_{k['in_dim']}x{k['teacher_width']}x{k['out_dim']}"
+    elif entry.builder == "linear_regression":
+        data = f"synthetic_linear_{k['in_dim']}x{k['out_dim']}"
+    elif entry.builder == "quadratic":
+        data = f"synthetic_quadratic_d{k['dim']}_k{k['condition']:g}"
+    else:
+        raise EvaluateError(f"no signature for builder {entry.builder!r}")
+    return data, ARCHITECTURES[entry.builder]
+
+
 @functools.lru_cache(maxsize=None)
 def suite_task(name: str) -> tuple[tasks_lib.Task, int]:
     """(Task, horizon factor) of a held-out task, or of a tasks.TASKS entry (factor 1). Built
     once per process, so repeated evaluations reuse the compiled training runs."""
-    if name in SUITE:
-        return SUITE[name].build()._replace(name=name), SUITE[name].horizon
+    if name in HELD_OUT:
+        return HELD_OUT[name].build()._replace(name=name), HELD_OUT[name].horizon
     if name in tasks_lib.TASKS:
         return tasks_lib.get_task(name), 1
-    raise EvaluateError(f"unknown task {name!r}; valid: all, quick, {', '.join(SUITE)} "
-                        f"(or a tasks.TASKS name: {', '.join(tasks_lib.TASKS)})")
+    raise EvaluateError(f"unknown task {name!r}; valid: all, quick, validation, test, "
+                        f"{', '.join(HELD_OUT)} (or a tasks.TASKS name: "
+                        f"{', '.join(tasks_lib.TASKS)})")
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
-    """'all' | 'quick' | 'a,b' (or a list; 'all' and 'quick' expand) → validated task names."""
+    """'validation' | 'test' (= 'all') | 'quick' | 'a,b' (or a list; the suite names expand) →
+    validated task names."""
     if isinstance(spec, str):
         spec = [s.strip() for s in spec.split(",") if s.strip()]
+    suites = {"all": list(TEST), "test": list(TEST), "validation": list(VALIDATION),
+              "quick": list(QUICK)}
     names: list[str] = []
     for n in spec:
-        expanded = {"all": list(SUITE), "quick": list(QUICK)}.get(n, [n])
-        names += [e for e in expanded if e not in names]
+        names += [e for e in suites.get(n, [n]) if e not in names]
     if not names:
-        raise EvaluateError("no task given; valid: all, quick, " + ", ".join(SUITE))
+        raise EvaluateError("no task given; valid: all, quick, validation, test, "
+                            + ", ".join(HELD_OUT))
     for n in names:
-        if n not in SUITE and n not in tasks_lib.TASKS:
+        if n not in HELD_OUT and n not in tasks_lib.TASKS:
             suite_task(n)  # raises the one-line error listing valid names
     return names
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics (numpy; score matrices are [..., M tasks, N seeds], leading axes are batch axes)
-# ----------------------------------------------------------------------------------------------
-def ema(losses, decay: float = EMA_DECAY) -> np.ndarray:
-    """Smoothed curve along the last axis: y_0 = x_0, y_t = decay·y_{t−1} + (1 − decay)·x_t.
-
-    Celo App. A.3 (coefficient 0.9). Non-finite losses (a diverged run) become +inf, and stay
-    +inf from there on: such a run never reaches a target and its final loss is +inf.
-    """
-    x = np.asarray(losses, np.float64)
-    x = np.where(np.isfinite(x), x, np.inf)
-    out = np.empty_like(x)
-    acc = x[..., 0]
-    out[..., 0] = acc
-    for t in range(1, x.shape[-1]):
-        acc = decay * acc + (1.0 - decay) * x[..., t]
-        out[..., t] = acc
-    return out
-
-
-def final_loss(smoothed, window: int = FINAL_WINDOW) -> np.ndarray:
-    """Mean of the last `window` values of a smoothed curve (Celo App. A.3: 10 batches)."""
-    smoothed = np.asarray(smoothed, np.float64)
-    return smoothed[..., -min(window, smoothed.shape[-1]):].mean(-1)
-
-
-def final_training_loss(losses) -> np.ndarray:
-    """Final loss of raw training curves [..., T]: EMA(0.9), then the mean of the last 10 (Celo
-    App. A.3); +inf for a diverged run."""
-    return final_loss(ema(losses))
-
-
-def steps_to_reach(smoothed, target) -> np.ndarray:
-    """T_opt: the first step t (1-based: the curve's entry i is step i + 1) with smoothed loss
-    <= target; 0 where it is never reached (T_opt = ∞ in Celo §4)."""
-    hit = np.asarray(smoothed) <= np.asarray(target)[..., None]
-    return np.where(hit.any(-1), hit.argmax(-1) + 1, 0)
-
-
-def speedup(smoothed, target) -> np.ndarray:
-    """s = T / T_opt (Celo Eq. (12)); 0 where tuned Adam's final loss is never reached."""
-    t_opt = steps_to_reach(smoothed, target)
-    steps = np.asarray(smoothed).shape[-1]
-    return np.where(t_opt > 0, steps / np.maximum(t_opt, 1), 0.0)
-
-
-def normalized_score(adam_final, opt_final) -> np.ndarray:
-    """s = L_adam / L_opt (Celo Eq. (11)). Our losses are >= 0; L_opt is floored at SCORE_FLOOR
-    so an exact 0 cannot divide by zero, and a diverged run (L_opt = ∞ or NaN) scores 0."""
-    opt_final = np.asarray(opt_final, np.float64)
-    ok = np.isfinite(opt_final)
-    return np.where(ok, np.asarray(adam_final, np.float64)
-                    / np.maximum(np.where(ok, opt_final, 1.0), SCORE_FLOOR), 0.0)
-
-
-def iqm(scores, trim: float = IQM_TRIM) -> np.ndarray:
-    """Interquartile mean of all M×N scores: sort, drop int(trim·MN) at each end, average the
-    rest (scipy.stats.trim_mean(·, 0.25, axis=None), as rliable's aggregate_iqm)."""
-    s = np.asarray(scores, np.float64)
-    flat = np.sort(s.reshape(s.shape[:-2] + (-1,)), axis=-1)
-    n = flat.shape[-1]
-    cut = int(trim * n)
-    return flat[..., cut:n - cut].mean(-1)
-
-
-def median(scores) -> np.ndarray:
-    """Median over tasks of the per-task mean over seeds (rliable's aggregate_median)."""
-    return np.median(np.asarray(scores, np.float64).mean(-1), axis=-1)
-
-
-def mean(scores) -> np.ndarray:
-    """Mean over tasks of the per-task mean over seeds (rliable's aggregate_mean)."""
-    return np.asarray(scores, np.float64).mean(-1).mean(-1)
-
-
-def optimality_gap(scores, target: float = OPTIMALITY_TARGET) -> np.ndarray:
-    """γ − mean(min(s, γ)) over all M×N scores, γ = 1 (Celo §5.4; rliable's aggregate_og)."""
-    s = np.minimum(np.asarray(scores, np.float64), target)
-    return target - s.reshape(s.shape[:-2] + (-1,)).mean(-1)
-
-
-METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "iqm": iqm, "median": median, "mean": mean, "optimality_gap": optimality_gap}
-
-
-def stratified_bootstrap(scores, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED
-                         ) -> np.ndarray:
-    """[reps, M, N] resamples: for every task independently, N seeds drawn with replacement
-    from its own N (rliable's StratifiedBootstrap with task_bootstrap=False)."""
-    s = np.asarray(scores, np.float64)
-    m, n = s.shape
-    idx = np.random.default_rng(seed).integers(0, n, size=(reps, m, n))
-    return s[np.arange(m)[None, :, None], idx]
-
-
-def confidence_interval(scores, statistic: Callable[[np.ndarray], np.ndarray],
-                        level: float = CI_LEVEL, reps: int = BOOTSTRAP_REPS,
-                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile interval of `statistic` over the stratified bootstrap (rliable's default)."""
-    values = statistic(stratified_bootstrap(scores, reps, seed))
-    tail = 50.0 * (1.0 - level)
-    lo, hi = np.percentile(values, [tail, 100.0 - tail])
-    return float(lo), float(hi)
-
-
-def aggregate(scores, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> dict:
-    """{iqm, median, mean, optimality_gap, ci95: {metric: [lo, hi]}} of an [M, N] matrix."""
-    s = np.asarray(scores, np.float64)
-    if s.ndim != 2 or s.size == 0:
-        raise EvaluateError(f"scores must be a non-empty [tasks, seeds] matrix, got {s.shape}")
-    out: dict[str, Any] = {k: float(f(s)) for k, f in METRICS.items()}
-    out["ci95"] = {k: list(confidence_interval(s, f, CI_LEVEL, reps, seed))
-                   for k, f in METRICS.items()}
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,12 +333,14 @@ def baseline_tx(name: str, lr) -> optax.GradientTransformationExtraArgs:
         tx = optax.adamw(lr, weight_decay=ADAMW_WEIGHT_DECAY)
     elif name == "sgdm":
         tx = optax.sgd(lr, momentum=SGD_MOMENTUM)
+    elif name == "muon":
+        tx = optax.contrib.muon(lr)
     else:
         raise EvaluateError(f"unknown baseline {name!r}; valid: {', '.join(BASELINE_LRS)}")
     return optax.with_extra_args_support(tx)
 
 
-BASELINE_LRS = {"adam": ADAM_LRS, "adamw": ADAM_LRS, "sgdm": SGDM_LRS}
+BASELINE_LRS = {"adam": ADAM_LRS, "adamw": ADAM_LRS, "sgdm": SGDM_LRS, "muon": ADAM_LRS}
 
 
 class Tuned(NamedTuple):
@@ -446,15 +409,8 @@ def _read_cache(path: Path) -> dict[int, np.ndarray]:
 
 
 def _write_cache(path: Path, runs: dict[int, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{f"seed_{s}": a for s, a in sorted(runs.items())})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **{f"seed_{s}": a for s, a in sorted(runs.items())})
 
 
 def tune_baseline(task: tasks_lib.Task, name: str, steps: int, seeds: Sequence[int],
@@ -477,23 +433,22 @@ def tune_baseline(task: tasks_lib.Task, name: str, steps: int, seeds: Sequence[i
         runs.update({s: losses[:, i] for i, s in enumerate(missing)})
         if path:
             _write_cache(path, runs)
-    losses = np.stack([runs[s] for s in seeds], axis=1)          # [K, N, T]
-    finals = final_training_loss(losses).mean(-1)                 # [K], +inf where diverged
+    return pick_best(name, task, lrs, np.stack([runs[s] for s in seeds], axis=1))
+
+
+def pick_best(name: str, task: tasks_lib.Task, lrs, losses) -> Tuned:
+    """The sweep's best lr: the lowest mean over seeds of the final loss (losses [K, N, T])."""
+    finals = metrics.final_training_loss(losses).mean(-1)         # [K], +inf where diverged
     if not np.isfinite(finals).any():
         raise EvaluateError(f"{name} diverged at every learning rate on {task.name}")
-    return Tuned(name, lrs, losses, int(np.argmin(finals)))
+    return Tuned(name, np.asarray(lrs), losses, int(np.argmin(finals)))
 
 
 # ----------------------------------------------------------------------------------------------
-# Learned optimizers (train.py owns the registry, the checkpoints and the task preparation)
+# Learned optimizers (registry.py owns the registry, the checkpoints and the task preparation)
 # ----------------------------------------------------------------------------------------------
-def _train():
-    import train  # lazily: train.py imports this module for its end-of-training comparison
-    return train
-
-
 def learned_names() -> list[str]:
-    return sorted(getattr(_train(), "OPTIMIZERS", {}))
+    return sorted(getattr(registry, "OPTIMIZERS", {}))
 
 
 def optimizer_names() -> list[str]:
@@ -503,17 +458,17 @@ def optimizer_names() -> list[str]:
 def check_optimizer(name: str) -> str:
     if name not in BASELINE_LRS and name not in learned_names():
         raise EvaluateError(f"unknown optimizer {name!r}; valid: {', '.join(optimizer_names())}")
-    if name in learned_names() and not getattr(_train().OPTIMIZERS[name], "per_step", True):
+    if name in learned_names() and not getattr(registry.OPTIMIZERS[name], "per_step", True):
         raise EvaluateError(f"{name} is a server update over workers' deltas, not a per-step "
                             "optimizer: evaluate it with python local_sgd_experiments.py")
     return name
 
 
 def default_checkpoint(name: str) -> Path:
-    """The shipped θ of a learned optimizer: train.py's default --out for it (checkpoints/
-    {name}.npz; velo: velo_small.npz), else checkpoints/{name}_paper.npz (the published weights,
-    e.g. celo_paper.npz)."""
-    own = ROOT / _train().default_out(name)
+    """The shipped θ of a learned optimizer: train.shipped_checkpoint (checkpoints/{name}.npz;
+    velo: velo_small.npz), else checkpoints/{name}_paper.npz (the published weights, e.g.
+    celo_paper.npz)."""
+    own = ROOT / registry.shipped_checkpoint(name)
     for candidate in (own, ROOT / "checkpoints" / f"{name}.npz",
                       ROOT / "checkpoints" / f"{name}_paper.npz"):
         if candidate.exists():
@@ -524,11 +479,10 @@ def default_checkpoint(name: str) -> Path:
 def load_theta(name: str, checkpoint: str | Path | None = None):
     """θ of learned optimizer `name` from `checkpoint` (default: the shipped one); a checkpoint
     written for another optimizer is an error naming both."""
-    train = _train()
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint(name)
     try:
-        saved, theta = train.load_checkpoint(str(path))
-    except train.CheckpointError as e:
+        saved, theta = load_checkpoint(str(path))
+    except CheckpointError as e:
         raise EvaluateError(str(e)) from None
     if saved != name:
         raise EvaluateError(f"checkpoint {path} holds optimizer {saved!r}, not {name!r}: use "
@@ -536,10 +490,49 @@ def load_theta(name: str, checkpoint: str | Path | None = None):
     return theta
 
 
+# Learned optimizers that take a learning rate, as the default use builds them (cosine decay over
+# the run): (θ, lr, num_steps) -> optax transformation. `--tune-lr` sweeps lr over ADAM_LRS.
+LR_OPTIMIZERS = {
+    "celo2": lambda theta, lr, steps: celo2.optimizer(theta, lr, steps, harness=True),
+    "celo2_base": lambda theta, lr, steps: celo2.optimizer(theta, lr, steps, harness=False),
+}
+
+
+def check_tunable(opt: OptLike) -> str:
+    if not isinstance(opt, str) or opt not in LR_OPTIMIZERS:
+        raise EvaluateError(f"--tune-lr applies to learned optimizers that take a learning rate "
+                            f"({', '.join(LR_OPTIMIZERS)}), not {_opt_name(opt)!r}"
+                            + (" (baselines are always tuned)"
+                               if isinstance(opt, str) and opt in BASELINE_LRS else ""))
+    return opt
+
+
+def learned_lr_curves(opt: str, task: tasks_lib.Task, steps: int, seeds: Sequence[int], theta,
+                      lrs=ADAM_LRS) -> np.ndarray:
+    """Losses [K, N, T] of LR_OPTIMIZERS[opt] with meta-parameters θ at each lr of `lrs`: all
+    K × N runs in one compiled call (θ and lr are arguments: a new θ or grid does not recompile)."""
+    build = LR_OPTIMIZERS[check_tunable(opt)]
+    lrs = jnp.asarray(lrs, jnp.float32).reshape(-1)
+    hp = {"theta": jax.tree.map(lambda x: jnp.broadcast_to(x, lrs.shape + jnp.shape(x)), theta),
+          "lr": lrs}
+    make = lambda h: optax.with_extra_args_support(build(h["theta"], h["lr"], steps))
+    return run_curves(task, make, hp, steps, seeds, grid=True,
+                      cache_key=("learned_lr", opt, task.init, task.loss, task.sample_batch,
+                                 int(steps)))[0]
+
+
+def tune_learned_lr(opt: str, task: tasks_lib.Task, steps: int, seeds: Sequence[int], theta,
+                    lrs=ADAM_LRS) -> Tuned:
+    """Learned optimizer `opt` (LR_OPTIMIZERS) tuned over `lrs` on `task` as tune_baseline tunes
+    Adam: the lr with the lowest mean final loss over the seeds it is then scored on."""
+    return pick_best(opt, task, np.asarray(lrs, np.float32),
+                     learned_lr_curves(opt, task, steps, seeds, theta, lrs))
+
+
 def prepare(opt: str, task: tasks_lib.Task) -> tasks_lib.Task:
     """The task as learned optimizer `opt` expects it (μ-variants re-parametrize it); baselines
     are then run on the same prepared task, so the comparison is fair."""
-    return _train().prepare_task(opt, task) if opt in learned_names() else task
+    return registry.prepare_task(opt, task) if opt in learned_names() else task
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,11 +545,11 @@ def score_task(opt_losses, adam: Tuned) -> dict:
     seed n scores s_n = L_adam / L_opt,n and speedup T / T_opt,n (T_opt: first step whose
     smoothed loss <= L_adam). Task-level values are means over seeds.
     """
-    smoothed = ema(opt_losses)
-    finals = final_loss(smoothed)
-    l_adam = float(final_training_loss(adam.best_losses).mean())
-    scores = normalized_score(l_adam, finals)
-    speedups = speedup(smoothed, np.full(finals.shape, l_adam))
+    smoothed = metrics.ema(opt_losses)
+    finals = metrics.final_loss(smoothed)
+    l_adam = float(metrics.final_training_loss(adam.best_losses).mean())
+    scores = metrics.normalized_score(l_adam, finals)
+    speedups = metrics.speedup(smoothed, np.full(finals.shape, l_adam))
     return {"final_loss": {"opt": _num(finals.mean()), "adam": _num(l_adam)},
             "score": _num(scores.mean()), "speedup": _num(speedups.mean()),
             "steps": int(smoothed.shape[-1]), "adam_lr": float(adam.lrs[adam.best]),
@@ -582,17 +575,21 @@ def _opt_name(opt: OptLike) -> str:
 
 
 def opt_curves(opt: OptLike, task: tasks_lib.Task, steps: int, seeds: Sequence[int],
-               theta=None, cache_dir=CACHE_DIR, adam: Tuned | None = None
+               theta=None, cache_dir=CACHE_DIR, adam: Tuned | None = None, tune_lr: bool = False
                ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Training losses [N, T], η [N, T] (None without a schedule) and extra fields of `opt`
-    (`adam`: this task's tuned Adam, reused when opt is "adam")."""
+    (`adam`: this task's tuned Adam, reused when opt is "adam"; tune_lr: `opt`'s lr tuned over
+    ADAM_LRS, recorded as "opt_lr")."""
+    if tune_lr:
+        tuned = tune_learned_lr(opt, task, steps, seeds, theta)
+        return tuned.best_losses, None, {"opt_lr": float(tuned.lrs[tuned.best]),
+                                         "opt_lr_at_edge": tuned.at_edge}
     if isinstance(opt, str) and opt in BASELINE_LRS:
         tuned = adam if opt == "adam" and adam is not None else tune_baseline(
             task, opt, steps, seeds, cache_dir)
         return tuned.best_losses, None, {"opt_lr": float(tuned.lrs[tuned.best])}
     if isinstance(opt, str):
-        train = _train()
-        losses, etas = run_curves(task, lambda th: train.make_optax(opt, th, task, steps), theta,
+        losses, etas = run_curves(task, lambda th: registry.make_optax(opt, th, task, steps), theta,
                                   steps, seeds, cache_key=("learned", opt, task.init, task.loss,
                                                            task.sample_batch, int(steps)))
     else:
@@ -606,19 +603,24 @@ def opt_curves(opt: OptLike, task: tasks_lib.Task, steps: int, seeds: Sequence[i
 def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
              steps: int = STEPS, seeds: int | Sequence[int] = SEEDS, theta=None,
              checkpoint=None, cache_dir: Path | str | None = CACHE_DIR,
-             baselines: Sequence[str] = (), reps: int = BOOTSTRAP_REPS,
-             log: Callable[[str], None] | None = None, adam_lrs=None) -> Evaluation:
+             baselines: Sequence[str] = (), reps: int = metrics.BOOTSTRAP_REPS,
+             log: Callable[[str], None] | None = None, adam_lrs=None,
+             tune_lr: bool = False) -> Evaluation:
     """Evaluate `opt` on tasks against tuned Adam: per-task scores and aggregates with CIs.
 
     opt: "adam" | "adamw" | "sgdm" (tuned), a train.OPTIMIZERS name (θ from `theta`, else
     `checkpoint`, else the shipped checkpoint), an optax transformation, or a function
-    (task, num_steps) -> optax transformation. tasks: "all" | "quick" | names | Task objects
-    (any tasks.Task; trained `steps` steps). seeds: a count (0 … N−1) or explicit seeds.
+    (task, num_steps) -> optax transformation. tasks: "validation" | "test" | "quick" | names |
+    tasks.Task objects (trained `steps` steps). seeds: a count (0 … N−1) or explicit seeds.
     baselines: also score these tuned baselines (result["baselines"], for the aggregate plot).
     adam_lrs: Adam's learning-rate grid (default ADAM_LRS); a single value, e.g. (1e-3,), scores
     against *untuned* Adam at that learning rate.
+    tune_lr: tune the learning rate of `opt` (a LR_OPTIMIZERS name) per task over ADAM_LRS, by
+    Adam's rule (lowest mean final loss over the seeds); each task's choice is its "opt_lr".
     """
     name = _opt_name(opt)
+    if tune_lr:
+        check_tunable(opt)
     if isinstance(opt, str):
         check_optimizer(opt)
         learned = opt not in BASELINE_LRS
@@ -651,7 +653,7 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
                 continue
         t = int(steps) * horizon
         adam = tune_baseline(task, "adam", t, seeds, cache_dir, lrs=adam_lrs)
-        losses, etas, extra = opt_curves(opt, task, t, seeds, theta, cache_dir, adam)
+        losses, etas, extra = opt_curves(opt, task, t, seeds, theta, cache_dir, adam, tune_lr)
         entry = score_task(losses, adam)
         entry.update(extra)
         per_task[task.name] = entry
@@ -661,7 +663,10 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
                 opt_curves(b, task, t, seeds, None, cache_dir, adam)[0], adam)
         if log:
             edge = " (Adam's best lr is at the grid edge)" if adam.at_edge else ""
-            log(f"[{i + 1}/{len(items)}] {task.name}: T={t}, score {entry['score']:.3f}, "
+            if extra.get("opt_lr_at_edge"):
+                edge += f" ({name}'s best lr is at the grid edge)"
+            lr = f", lr {extra['opt_lr']:.3g}" if tune_lr else ""
+            log(f"[{i + 1}/{len(items)}] {task.name}: T={t}{lr}, score {entry['score']:.3f}, "
                 f"speedup {entry['speedup']:.3f}, {time.time() - start:.1f}s{edge}")
     if not per_task:
         raise EvaluateError(f"{name} applies to none of the tasks: " + "; ".join(
@@ -670,6 +675,8 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
               "aggregate": aggregate_tasks(per_task, reps)}
     if adam_lrs is not None:
         result["adam_lrs"] = [float(x) for x in np.atleast_1d(adam_lrs)]
+    if tune_lr:
+        result["tune_lr"] = [float(np.float32(x)) for x in ADAM_LRS]   # the grid searched
     if skipped:
         result["skipped"] = skipped
     if others:
@@ -677,13 +684,13 @@ def evaluate(opt: OptLike, tasks: str | Sequence[str | tasks_lib.Task] = TASKS,
     return Evaluation(result, curves)
 
 
-def aggregate_tasks(per_task: dict, reps: int = BOOTSTRAP_REPS) -> dict:
+def aggregate_tasks(per_task: dict, reps: int = metrics.BOOTSTRAP_REPS) -> dict:
     """{"score": aggregate(S), "speedup": aggregate(S)} from per-task per-seed values."""
     out = {}
     for key in ("score", "speedup"):
         s = np.asarray([[np.nan if v is None else v for v in e["seeds"][key]]
                         for e in per_task.values()], np.float64)
-        out[key] = aggregate(s, reps)
+        out[key] = metrics.aggregate(s, reps)
     return out
 
 
@@ -713,12 +720,15 @@ def format_table(result: dict) -> str:
     fixed = result.get("adam_lrs")
     adam = (f"Adam at lr {', '.join(f'{x:g}' for x in fixed)} (untuned)" if fixed and len(fixed) == 1
             else "tuned Adam")
-    lines = [f"{result['opt']} against {adam} ({result.get('num_seeds', '?')} seeds; score = "
-             "L_adam / L_opt, speedup = T / T_opt)",
-             f"{'task':<{width}}  {'T':>5}  {'adam lr':>8}  {'L_adam':>9}  {'L_opt':>9}  "
-             f"{'score':>6}  {'speedup':>7}"]
+    tuned = " with its lr tuned per task" if result.get("tune_lr") else ""
+    opt_lr = any("opt_lr" in e for e in result["tasks"].values())   # tuned: show its lr
+    lines = [f"{result['opt']}{tuned} against {adam} ({result.get('num_seeds', '?')} seeds; "
+             "score = L_adam / L_opt, speedup = T / T_opt)",
+             f"{'task':<{width}}  {'T':>5}  {'adam lr':>8}  " + ("  opt lr  " if opt_lr else "")
+             + f"{'L_adam':>9}  {'L_opt':>9}  {'score':>6}  {'speedup':>7}"]
     for name, e in result["tasks"].items():
-        lines.append(f"{name:<{width}}  {e['steps']:>5}  {e['adam_lr']:>8.2g}  "
+        lr = f"{e['opt_lr']:>8.2g}  " if "opt_lr" in e else " " * 10 if opt_lr else ""
+        lines.append(f"{name:<{width}}  {e['steps']:>5}  {e['adam_lr']:>8.2g}  {lr}"
                      f"{fmt(e['final_loss']['adam']):>9}  {fmt(e['final_loss']['opt']):>9}  "
                      f"{fmt(e['score'], '.3f'):>6}  {fmt(e['speedup'], '.3f'):>7}")
     for name, why in result.get("skipped", {}).items():
@@ -727,11 +737,11 @@ def format_table(result: dict) -> str:
     first = max(10, *(len(opt) + 1 for opt, _ in rows))
     for key in ("score", "speedup"):
         lines.append("")
-        lines.append(f"{key:<{first}}" + "".join(f"{m:>24}" for m in METRICS))
+        lines.append(f"{key:<{first}}" + "".join(f"{m:>24}" for m in metrics.METRICS))
         for opt, agg in rows:
             a = agg[key]
             cells = "".join(f"{a[m]:>8.3f} [{a['ci95'][m][0]:.2f}, {a['ci95'][m][1]:.2f}]"
-                            .rjust(24) for m in METRICS)
+                            .rjust(24) for m in metrics.METRICS)
             lines.append(f"{opt:<{first}}" + cells)
     return "\n".join(lines)
 
@@ -754,7 +764,7 @@ def write_plots(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, (task, c) in zip(axes.flat, ev.curves.items()):
         for label, key, color in ((name, "opt", "C0"), ("tuned adam", "adam", "C1")):
-            sm = ema(c[key])
+            sm = metrics.ema(c[key])
             x = np.arange(1, sm.shape[-1] + 1)
             ax.plot(x, sm.mean(0), color=color, label=label)
             ax.fill_between(x, sm.min(0), sm.max(0), color=color, alpha=0.2, lw=0)
@@ -768,7 +778,7 @@ def write_plots(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"training loss (EMA {EMA_DECAY}) of {name} vs tuned Adam")
+    fig.suptitle(f"training loss (EMA {metrics.EMA_DECAY}) of {name} vs tuned Adam")
     fig.tight_layout()
     written.append(out_dir / "curves.png")
     fig.savefig(written[-1], dpi=100)
@@ -776,10 +786,11 @@ def write_plots(ev: Evaluation, out_dir: str | Path) -> list[Path]:
 
     # 2. aggregates with 95% stratified-bootstrap CIs, one row per optimizer
     rows_ = [(name, ev.result["aggregate"])] + list(ev.result.get("baselines", {}).items())
-    fig, axes = plt.subplots(2, len(METRICS), figsize=(3.2 * len(METRICS), 1.2 + 0.5 *
-                                                       len(rows_) * 2), squeeze=False)
+    cols = len(metrics.METRICS)
+    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 1.2 + 0.5 * len(rows_) * 2),
+                             squeeze=False)
     for r, key in enumerate(("score", "speedup")):
-        for c, metric in enumerate(METRICS):
+        for c, metric in enumerate(metrics.METRICS):
             ax = axes[r, c]
             for y, (opt, agg) in enumerate(rows_):
                 v, (lo, hi) = agg[key][metric], agg[key]["ci95"][metric]
@@ -820,9 +831,11 @@ def write_plots(ev: Evaluation, out_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--opt", default=OPT, help="adam | adamw | sgdm | a train.OPTIMIZERS name")
+    p.add_argument("--opt", default=OPT,
+                   help="adam | adamw | sgdm | muon | a train.OPTIMIZERS name")
     p.add_argument("--checkpoint", default=CHECKPOINT, help="θ of a learned optimizer")
-    p.add_argument("--tasks", default=TASKS, help="all | quick | name,name,...")
+    p.add_argument("--tasks", default=TASKS,
+                   help="validation | test (= all) | quick | name,name,...")
     p.add_argument("--seeds", type=int, default=SEEDS)
     p.add_argument("--steps", type=int, default=STEPS, help="base horizon T")
     p.add_argument("--json", default=JSON_PATH)
@@ -830,6 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache", default=str(CACHE_DIR), help="baseline cache dir, or 'none'")
     p.add_argument("--adam-lrs", default="", help="Adam's lr grid, e.g. 1e-3 for untuned Adam "
                    "at its default (default: the 7-point log grid 1e-4 … 1e-1)")
+    p.add_argument("--tune-lr", action="store_true", help="tune the learned optimizer's lr per "
+                   f"task over Adam's grid ({', '.join(LR_OPTIMIZERS)} only)")
     args = p.parse_args(argv)
     if COMPILE_CACHE_DIR:  # warm runs skip XLA compilation (this process only)
         jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE_DIR))
@@ -838,6 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     try:
         check_optimizer(args.opt)
+        if args.tune_lr:
+            check_tunable(args.opt)
         names = resolve_tasks(args.tasks)
         if args.seeds < 1 or args.steps < 1:
             raise EvaluateError(f"--seeds and --steps must be >= 1, got {args.seeds} and "
@@ -850,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ev = evaluate(args.opt, names, args.steps, args.seeds, checkpoint=args.checkpoint,
                       cache_dir=None if args.cache.lower() == "none" else args.cache,
                       baselines=PLOT_BASELINES if args.plots else (), log=log,
-                      adam_lrs=adam_lrs)
+                      adam_lrs=adam_lrs, tune_lr=args.tune_lr)
     except (EvaluateError, tasks_lib.TaskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
 """Features: what a learned optimizer sees of a parameter tensor, of time and of the loss.
 
-μLO paper (mulo.txt) App. A.3: Table 2 (the 28 per-parameter inputs of small_fc_lopt), Table 3
+μLO (arXiv 2406.00153) App. A.3: Table 2 (the 28 per-parameter inputs of small_fc_lopt), Table 3
 (the 30 per-parameter inputs of VeLO's MLP, which Celo reuses) and Table 4 (VeLO's per-tensor
-inputs, which use the progress and loss features below). Celo (celo.txt) Alg. 1 lines 4–5.
+inputs, which use the progress and loss features below). Celo (arXiv 2501.12670) Alg. 1 lines
+4–5.
 
-Per-parameter features are built from the accumulators *after* they absorbed g (REFERENCE.md).
+Per-parameter features are built from the accumulators *after* they absorbed g (as the
+reference code, google/learned_optimization).
 Each column is normalized over its tensor by x · rsqrt(1e-5 + mean(x²)) — no mean subtraction —
 so feature magnitudes are Θ(1) whatever the tensor's width (μLO Corollary A.3).
 Features are returned as `Columns` (planes plus Adafactor's reduced row/col arrays) with their
@@ -62,7 +64,7 @@ def loss_features(state):
     """Nine normalized loss-EMA features f_j = clip((c_j − r_j)/max(1e-8, c_{j+1} − r_j) − 1, ±1).
 
     c = bias-corrected EMAs, r = their running minima; all zero for the first two losses.
-    A steadily falling loss gives −1 (REFERENCE.md "Loss features").
+    A steadily falling loss gives −1 (the reference code, google/learned_optimization).
     """
     n = state.count
     c = state.means / (1.0 - state.decays ** n.astype(jnp.float32))

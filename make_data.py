@@ -4,7 +4,7 @@ Celo meta-trains on 8×8 grey-scale images; this script makes them from the orig
 Fashion-MNIST idx files (all 70k images, area-downsampled 28 → 8), a class-balanced 16×16
 subset for the held-out evaluation tasks, and a plain-text byte corpus (Bierce's The Devil's
 Dictionary) for the byte-level language model, then records each file's SHA-256 in
-data/MANIFEST.json, which tasks.py verifies at every load.
+data/MANIFEST.json, which data.py verifies at every load.
 
     python make_data.py          # rebuild data/*.npz, data/devil.txt.gz and data/MANIFEST.json
     python make_data.py --check  # verify what is committed (and compare with a rebuild when
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tasks
+import data
 
 # ---- settings --------------------------------------------------------------------------------
 FASHION_MNIST_SRC = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
@@ -50,14 +50,14 @@ SOURCES = {
 
 # ---- building ----------------------------------------------------------------------------------
 def read_fashion_mnist(src: Path) -> dict[str, np.ndarray]:
-    """The four original idx files, each checked against tasks.FASHION_MNIST_FILES."""
+    """The four original idx files, each checked against data.FASHION_MNIST_FILES."""
     out = {}
-    for fname, spec in tasks.FASHION_MNIST_FILES.items():
+    for fname, spec in data.FASHION_MNIST_FILES.items():
         path = src / fname
         raw = path.read_bytes()
-        if not tasks._file_ok(raw, spec):
-            raise tasks.DataFileError(f"{path}: SHA-256 does not match tasks.FASHION_MNIST_FILES")
-        out[fname] = tasks.parse_idx(raw, str(path))
+        if not data._file_ok(raw, spec):
+            raise data.DataFileError(f"{path}: SHA-256 does not match data.FASHION_MNIST_FILES")
+        out[fname] = data.parse_idx(raw, str(path))
     return {"x_train": out["train-images-idx3-ubyte.gz"],
             "y_train": out["train-labels-idx1-ubyte.gz"],
             "x_test": out["t10k-images-idx3-ubyte.gz"],
@@ -73,10 +73,10 @@ def balanced_subset(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 def build_images(src: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Arrays of every embedded .npz, shaped as tasks.EMBEDDED_FILES says."""
+    """Arrays of every embedded .npz, shaped as data.EMBEDDED_FILES says."""
     fm = read_fashion_mnist(src)
     files = {}
-    for fname, spec in tasks.EMBEDDED_FILES.items():
+    for fname, spec in data.EMBEDDED_FILES.items():
         if not fname.endswith(".npz"):
             continue
         size = spec["x_train"][0][1]
@@ -84,7 +84,7 @@ def build_images(src: Path) -> dict[str, dict[str, np.ndarray]]:
         for split in ("train", "test"):
             rows = spec[f"y_{split}"][0][0]
             idx = balanced_subset(fm[f"y_{split}"], rows // NUM_CLASSES)
-            arrays[f"x_{split}"] = tasks.area_downsample(fm[f"x_{split}"][idx], size)
+            arrays[f"x_{split}"] = data.area_downsample(fm[f"x_{split}"][idx], size)
             arrays[f"y_{split}"] = fm[f"y_{split}"][idx].astype(np.uint8)
         files[fname] = arrays
     return files
@@ -92,7 +92,7 @@ def build_images(src: Path) -> dict[str, dict[str, np.ndarray]]:
 
 def clean_devil(raw: bytes) -> bytes:
     """Plain ASCII text of the dictionary: from the Wiretap notice on, dictfmt lines removed."""
-    text = tasks._maybe_gunzip(raw, DEVIL_SRC).decode("ascii")
+    text = data._maybe_gunzip(raw, DEVIL_SRC).decode("ascii")
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if DEVIL_FIRST_LINE in line)
     lines = [line.rstrip() for line in lines[start:] if not DEVIL_ALPHABET_LINE.match(line)]
@@ -151,7 +151,7 @@ def build(data_dir: Path, src: Path, devil: Path) -> dict:
         "bytes": len(raw), "sha256": sha256(raw), "source": SOURCES["devil.txt.gz"],
         "text_bytes": len(text), "text_sha256": sha256(text)}
     manifest["files"] = dict(sorted(manifest["files"].items()))
-    (data_dir / tasks.MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    (data_dir / data.MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -160,24 +160,24 @@ def check(data_dir: Path, src: Path | None = None, devil: Path | None = None) ->
     """Problems with the committed data (empty list = all good).
 
     Checks the manifest lists exactly the expected files, every file's size and SHA-256,
-    array shapes/dtypes (tasks.EMBEDDED_FILES), labels and exact class balance, the text, and
+    array shapes/dtypes (data.EMBEDDED_FILES), labels and exact class balance, the text, and
     the size budget; with `src` and `devil` given, also that a rebuild yields the same arrays
     and text (compared by content hash, since zlib versions may compress differently).
     """
     problems = []
     try:
-        manifest = tasks.read_manifest(data_dir)
-    except tasks.DataFileError as e:
+        manifest = data.read_manifest(data_dir)
+    except data.DataFileError as e:
         return [str(e)]
     listed = set(manifest["files"])
-    if listed != set(tasks.EMBEDDED_FILES):
-        problems.append(f"{tasks.MANIFEST_NAME} lists {sorted(listed)}, expected "
-                        f"{sorted(tasks.EMBEDDED_FILES)}")
-    extra = {p.name for p in data_dir.iterdir()} - listed - {tasks.MANIFEST_NAME, "README.md"}
+    if listed != set(data.EMBEDDED_FILES):
+        problems.append(f"{data.MANIFEST_NAME} lists {sorted(listed)}, expected "
+                        f"{sorted(data.EMBEDDED_FILES)}")
+    extra = {p.name for p in data_dir.iterdir()} - listed - {data.MANIFEST_NAME, "README.md"}
     if extra:
         problems.append(f"files in {data_dir} not in the manifest: {sorted(extra)}")
     total = 0
-    for fname in sorted(listed & set(tasks.EMBEDDED_FILES)):
+    for fname in sorted(listed & set(data.EMBEDDED_FILES)):
         entry, path = manifest["files"][fname], data_dir / fname
         if not path.exists():
             problems.append(f"{fname}: missing")
@@ -190,7 +190,7 @@ def check(data_dir: Path, src: Path | None = None, devil: Path | None = None) ->
         if fname.endswith(".npz"):
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-            for key, (shape, dtype) in tasks.EMBEDDED_FILES[fname].items():
+            for key, (shape, dtype) in data.EMBEDDED_FILES[fname].items():
                 a = arrays.get(key)
                 if a is None or a.shape != shape or str(a.dtype) != dtype:
                     problems.append(f"{fname}:{key} is "
@@ -214,7 +214,7 @@ def check(data_dir: Path, src: Path | None = None, devil: Path | None = None) ->
                 problems.append(f"{fname}: not ASCII")
     readme = data_dir / "README.md"
     total += readme.stat().st_size if readme.exists() else 0
-    total += (data_dir / tasks.MANIFEST_NAME).stat().st_size
+    total += (data_dir / data.MANIFEST_NAME).stat().st_size
     if total >= DATA_BUDGET_BYTES:
         problems.append(f"data/ holds {total} bytes, over the {DATA_BUDGET_BYTES} budget")
     if src is not None and devil is not None:
@@ -233,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="verify instead of rebuilding")
     parser.add_argument("--src", default=FASHION_MNIST_SRC, help="Fashion-MNIST idx files")
     parser.add_argument("--devil", default=DEVIL_SRC, help="devil.dict.dz from dict-devil")
-    parser.add_argument("--out", default=str(tasks.DATA_DIR), help="data directory")
+    parser.add_argument("--out", default=str(data.DATA_DIR), help="data directory")
     args = parser.parse_args(argv)
     out, src, devil = Path(args.out), Path(args.src), Path(args.devil)
-    have_sources = all((src / f).exists() for f in tasks.FASHION_MNIST_FILES) and devil.exists()
+    have_sources = all((src / f).exists() for f in data.FASHION_MNIST_FILES) and devil.exists()
     try:
         if args.check:
             if not have_sources:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {p}")
             if not problems:
                 total = sum(p.stat().st_size for p in out.iterdir())
-                print(f"ok: {len(tasks.EMBEDDED_FILES)} files match {tasks.MANIFEST_NAME}"
+                print(f"ok: {len(data.EMBEDDED_FILES)} files match {data.MANIFEST_NAME}"
                       f"{' and a rebuild' if have_sources else ''}; data/ is {total:,} bytes")
             return 1 if problems else 0
         if not have_sources:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             print(f"error: {p}")
         return 1 if problems else 0
-    except tasks.TaskError as e:
+    except data.TaskError as e:
         print(f"error: {e}")
         return 2
 

@@ -6,13 +6,13 @@
     python mulo_experiments.py coord   [--quick]   # §5.2.2, Fig. 2 / App. G: μP coordinate check
     (any of them: [--widths 16,64,256,1024] [--steps N] [--seeds S] to resize a run)
 
-μLO (mulo.txt) §5. Optimizers: μLO_M (checkpoints/mu_small_fc_lopt.npz) and its SP twin LO_M
+μLO (arXiv 2406.00153) §5. Optimizers: μLO_M (checkpoints/mu_small_fc_lopt.npz) and its SP twin LO_M
 (checkpoints/sp_small_fc_lopt.npz), both meta-trained by `python train.py --opt NAME` on widths
 mup.META_WIDTHS; Celo with its published θ (an SP learned optimizer); Adam tuned per task over
 evaluate.ADAM_LRS on the SP model; μAdam tuned once at the largest meta-training width and
 transferred. Final loss = the training loss (EMA 0.9) averaged over the last 10 steps
-(evaluate.final_loss), per seed; tables give the IQM over seeds with a 95% bootstrap CI
-(evaluate.iqm, evaluate.confidence_interval). Writes results/mulo/{experiment}.json and .png
+(metrics.final_loss), per seed; tables give the IQM over seeds with a 95% bootstrap CI
+(metrics.iqm, metrics.confidence_interval). Writes results/mulo/{experiment}.json and .png
 (--quick: results/mulo/quick/, fewer widths, steps and seeds).
 """
 import argparse
@@ -28,8 +28,9 @@ import numpy as np
 import optax
 
 import evaluate
+import metrics
 import mup
-import train
+import registry
 
 # ----------------------------------------------------------------------------- settings
 OUT_DIR = Path(__file__).resolve().parent / "results" / "mulo"
@@ -85,7 +86,7 @@ class Runner:
             losses = self.mu_adam(task, steps, [self.mu_adam_lr])[0]
             extra["lr"] = self.mu_adam_lr
         else:
-            prepared = train.prepare_task(method, task)
+            prepared = registry.prepare_task(method, task)
             losses = evaluate.opt_curves(method, prepared, steps, self.seeds,
                                          self.thetas[method])[0]
         self.log(f"  {method:<17} {task.name}: {time.time() - start:6.1f}s")
@@ -101,7 +102,7 @@ class Runner:
     def tune_mu_adam(self, task, steps):
         """μAdam's lr: the best of MU_ADAM_LRS on `task` (μP: it transfers over width)."""
         losses = self.mu_adam(task, steps, MU_ADAM_LRS)
-        finals = evaluate.final_training_loss(losses).mean(-1)   # +inf where diverged
+        finals = metrics.final_training_loss(losses).mean(-1)   # +inf where diverged
         self.mu_adam_lr = float(MU_ADAM_LRS[int(np.argmin(finals))])
         self.log(f"  mu_adam lr {self.mu_adam_lr:g} (tuned on {task.name})")
 
@@ -112,8 +113,8 @@ def summarize(finals, cap):
     out = {"finals": [float(x) if math.isfinite(x) else None for x in f],
            "diverged": int(np.sum(~(f < cap)))}
     if np.isfinite(f).all():
-        out["iqm"] = float(evaluate.iqm(f[None, :]))
-        out["ci95"] = list(evaluate.confidence_interval(f[None, :], evaluate.iqm))
+        out["iqm"] = float(metrics.iqm(f[None, :]))
+        out["ci95"] = list(metrics.confidence_interval(f[None, :], metrics.iqm))
     else:
         out["iqm"], out["ci95"] = None, None
     return out
@@ -134,9 +135,9 @@ def sweep(runner, task_of, values, steps, label):
         runner.log(f"{label} {v}: {task.name}")
         for m in runner.methods:
             losses, extra = runner.curves(m, task, steps)
-            entry = summarize(evaluate.final_training_loss(losses), task.loss_cap)
+            entry = summarize(metrics.final_training_loss(losses), task.loss_cap)
             entry.update(extra)
-            smooth = evaluate.ema(losses)
+            smooth = metrics.ema(losses)
             entry["mean_curve"] = _thin(np.where(np.isfinite(smooth), smooth, np.nan).mean(0))
             results[m][str(v)] = entry
     return results

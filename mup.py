@@ -1,13 +1,13 @@
 """μP for learned optimizers: the optimizee's parametrization and the μLO update rule.
 
-μLO (mulo.txt) §4 "Initialization-μ", "Multipliers-μ", "Optimizer Update Scaling-μ" (Eq. (3)),
-Propositions 4.1–4.2 (small_fc_lopt and VeLO in μP), App. C (recipe, zero output init, μVeLO
+μLO (arXiv 2406.00153) §4 "Initialization-μ", "Multipliers-μ", "Optimizer Update Scaling-μ"
+(Eq. (3)), Propositions 4.1–4.2 (small_fc_lopt and VeLO in μP), App. C (recipe, zero output init, μVeLO
 without the parameter-norm factor); Yang et al. 2021 (Tensor Programs V) for μP itself.
 This file implements one `Scalings` table per parametrization (μP and the standard one, SP), one
 wrapper that applies a table to an MLP task of tasks.py, one wrapper that applies its update
 multipliers to any learned optimizer (μLO_M, μVeLO_M), and the multi-width meta-training recipe.
 
-Per tensor kind, for a layer whose weight has fan_in rows (μLO §4; REFERENCE.md "μLO / μP"):
+Per tensor kind, for a layer whose weight has fan_in rows (μLO, arXiv 2406.00153, §4):
 
     kind          init (μP)                 forward multiplier   update multiplier (Eq. (3))
     input  W      N(0, 1/fan_in) trunc ±2σ  1                    1
@@ -320,7 +320,7 @@ def register_tasks():
 register_tasks()
 
 META_STEPS = 1800               # CPU budget (the paper: 5000): ~27 min at ~0.9 s per meta-step here
-# μLO App. C / REFERENCE.md "Meta-training (μLO_M)": every meta-step one PES estimate per width
+# μLO (arXiv 2406.00153) App. C, meta-training μLO_M: every meta-step one PES estimate per width
 # (8 antithetic pairs each), averaged; truncation 50, σ 0.01, horizons log-uniform [100, 1000];
 # AdamW warm-up 100 to 3e-3, cosine to 1e-3 at the end of the budget; no task augmentation.
 TRAIN_SETTINGS = (("task_set", ",".join(TASKS)),

@@ -2,7 +2,8 @@
 
 Vicol, Metz & Sohl-Dickstein 2021, "Unbiased gradient estimation in unrolled computation graphs
 with persistent evolution strategies" (ICML), Alg. 2 (antithetic PES); Salimans et al. 2017 for
-ES. Celo (celo.txt) §2 "Meta-training" and App. A.3; μLO (mulo.txt) §5 use the same estimator.
+ES. Celo (arXiv 2501.12670) §2 "Meta-training" and App. A.3; μLO (arXiv 2406.00153) §5 use the
+same estimator.
 
 Meta-training minimizes the mean inner loss L(φ) of training runs driven by the learned optimizer
 φ (Celo Eq. (3)). PES cuts each run into truncations of T steps and, after every truncation,
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-SIGMA = 0.01        # perturbation std (REFERENCE.md "PES"; Celo App. A.3)
+SIGMA = 0.01        # perturbation std (Celo, arXiv 2501.12670, App. A.3)
 TRUNCATION = 50     # inner steps per truncation (Celo App. A.3, μLO §5)
 NUM_PAIRS = 8       # antithetic pairs per estimate (μLO: 8 per task)
 
@@ -42,12 +43,13 @@ class Problem(NamedTuple):
 
     init_inner(theta, shared, group, key, num_steps) -> inner      start a run of num_steps
     step_inner(theta, shared, group, inner, key) -> (inner, loss)   one step; loss = the training
-        minibatch loss *before* the update (the meta-loss, μLO §5 / REFERENCE.md)
+        minibatch loss *before* the update (the meta-loss, μLO §5; google/learned_optimization)
     `shared` is passed to every call unchanged (e.g. frozen meta-parameters); `group` is one slice
     of a pytree with a leading group axis (e.g. one dataset of a stack): pairs are split evenly
     among groups. Both are jit arguments, never baked-in constants.
     loss_cap: losses are clipped to [0, loss_cap] (non-finite → loss_cap) and divided by it, so
-    every task's meta-loss lies in [0, 1] (REFERENCE.md: 1.5·ln(num_classes) for classifiers).
+    every task's meta-loss lies in [0, 1] (google/learned_optimization: 1.5·ln(num_classes) for
+    classifiers).
     """
     init_inner: Callable
     step_inner: Callable

@@ -1,9 +1,10 @@
 """small_fc_lopt: a tiny per-parameter MLP learned optimizer, and the contract all of ours follow.
 
 Metz et al. 2022, "Practical tradeoffs between memory, compute, and performance in learned
-optimizers" (AdafacMLPLOpt, a.k.a. small_fc_lopt); Celo (celo.txt) §2 Eq. (2); μLO (mulo.txt)
-§2 and App. A.1.1. Every parameter gets the same MLP, fed 39 features (features.py) built from
-accumulators whose decays are themselves learned; it outputs a direction d and a log-magnitude m:
+optimizers" (AdafacMLPLOpt, a.k.a. small_fc_lopt; arXiv 2203.11860); Celo (arXiv 2501.12670)
+§2 Eq. (2); μLO (arXiv 2406.00153) §2 and App. A.1.1. Every parameter gets the same MLP, fed 39
+features (features.py) built from accumulators whose decays are themselves learned; it outputs a
+direction d and a log-magnitude m:
     Δp = λ1 · d · exp(λ2 · m),  p ← p − Δp                     (Celo Eq. (2), λ1 = λ2 = 1e-3)
 
 THE LEARNED-OPTIMIZER CONTRACT (every optimizer module in this repo follows it)

@@ -1,45 +1,51 @@
 """train.py: meta-train a learned optimizer with PES, from one laptop CPU to many accelerators.
 
-    python train.py --opt NAME [--meta-steps N] [--out PATH] [--resume] [--seed S] [--SETTING V]
+    python train.py --opt NAME [--meta-steps N] [--out PATH] [--resume | --init PATH] [--SETTING V]
 
-Celo (celo.txt) §2 Eq. (3) and App. A.3, μLO (mulo.txt) §5: sample tasks, augment them (Celo §3),
-estimate ∇θ of the mean inner training loss with PES (pes.py), and update θ with AdamW.
-Every setting below can be overridden from the command line (`--meta-lr 1e-3`); each learned
-optimizer in OPTIMIZERS may change some defaults (its paper's recipe) — the command line wins.
+Celo (arXiv 2501.12670) §2 Eq. (3) and App. A.3, μLO (arXiv 2406.00153) §5: sample tasks, augment
+them (Celo §3), estimate ∇θ of the mean inner training loss with PES (pes.py), and update θ with
+AdamW. Every setting below can be overridden from the command line (`--meta-lr 1e-3`); each learned
+optimizer in registry.OPTIMIZERS may change some defaults (its paper's recipe) — the command line
+wins.
 The pair axis of PES is sharded over all devices (1 CPU, N simulated CPUs, N GPUs; several hosts
 after jax.distributed.initialize(), which runs when JAX_COORDINATOR_ADDRESS is set).
-Library use: `name, theta = train.load_checkpoint(path)` then e.g. `celo.optimizer(theta, n)`.
+A run writes runs/<opt>/<opt>.npz (+ .csv, _meta_loss.png); checkpoints/ holds the shipped θ,
+read only (checkpoint.py owns the file format: `name, theta = checkpoint.load_checkpoint(path)`).
 """
 import argparse
 import csv
-import json
+import io
 import math
 import os
+import re
 import signal
 import sys
-import tempfile
+import textwrap
 import time
+import tokenize
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import local_sgd
-import celo
-import mup
+from checkpoint import (CheckpointError, atomic_write, read_checkpoint, save_checkpoint,
+                        strip_checkpoint)
+import data
 import pes
-import small_fc_lopt
+import registry
+from registry import OPTIMIZERS, ConfigError, make_problem, prepare_task, recipe, run_dir
 import tasks
-import velo
 
 # ----------------------------------------------------------------------------- settings
-opt = "small_fc_lopt"      # learned optimizer to meta-train (a key of OPTIMIZERS below)
-meta_steps = 1000          # total outer steps (with --resume: the total to reach)
-out = ""                   # checkpoint path (default checkpoints/{opt}.npz); CSV + PNG beside it
+opt = "small_fc_lopt"      # learned optimizer to meta-train (a key of registry.OPTIMIZERS)
+meta_steps = 1000          # total outer steps (with --resume or --init: the total to reach)
+out = ""                   # checkpoint of this run ("": runs/{opt}/{opt}.npz); CSV + PNG beside it
 resume = False             # continue the run saved at --out
+init = ""                  # start a new run from this checkpoint's θ, step and AdamW/PES state
+                           # (e.g. checkpoints/celo.npz); from a θ-only one: fresh AdamW/PES
 seed = 0                   # seeds θ's init, the tasks, the perturbations
 estimator = "pes"          # "pes": truncated persistent ES; "es": antithetic ES over whole runs
 task_set = "celo"          # "celo": Celo's 8×8 MLP (App. A.4) on every available dataset;
@@ -49,10 +55,11 @@ num_family_tasks = 4       # task structures drawn for task_set="family" (each c
 pairs_per_task = 8         # antithetic pairs per task (dataset) per meta-step (μLO §5: 8)
 truncation = 50            # inner steps per PES truncation (Celo App. A.3)
 sigma = 0.01               # PES perturbation std (Celo App. A.3)
-min_horizon = 100          # inner runs last log-uniform[min, max] steps; the paper uses
-max_horizon = 500          #   100–2000 (`--max-horizon 2000`), scaled down here for a CPU
+min_horizon = 100          # shortest inner run: runs last log-uniform[min, max] steps
+max_horizon = 500          # longest inner run (the paper: 2000; scaled down here for a CPU)
 es_horizon = 200           # run length of estimator="es"
 augment = "global"         # task augmentation (Celo §3): none | global | tensor | parameter
+tau_range = 1000.0         # augmentation τ ~ log-uniform[1/tau_range, tau_range] (Celo §5.2: 1e3)
 meta_lr = 3e-3             # AdamW peak learning rate (μLO recipe)
 final_lr = 1e-3            # cosine decay down to this (μLO: 3e-3 → 1e-3)
 warmup_steps = 100         # linear warm-up steps (μLO recipe)
@@ -67,120 +74,31 @@ eval_steps = 500           # inner steps per held-out task in that comparison (0
 eval_seeds = 2             # seeds per held-out task in that comparison
 SETTINGS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
-NON_RECIPE = ("opt", "meta_steps", "out", "resume", "save_every_s", "eval_tasks", "eval_steps",
-              "eval_seeds")  # may change on --resume; everything else is the run's recipe
+NON_RECIPE = ("opt", "meta_steps", "out", "resume", "init", "save_every_s", "eval_tasks",
+              "eval_steps", "eval_seeds")  # may change on --resume; the rest is the run's recipe
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- settings of a run
 
-class Stage(NamedTuple):
-    """One meta-training stage: which top-level θ entries it trains (None: all), the setting that
-    holds its number of meta-steps (the last stage runs to meta_steps), and keyword options for
-    the optimizer's builder (e.g. Celo's η ≡ 1 in stage 1)."""
-    name: str = "all"
-    trainable: Any = None
-    steps_setting: str = ""
-    build_kwargs: Any = ()
-
-
-class Recipe(NamedTuple):
-    """A registered learned optimizer: how to build it for a task, and how to meta-train it."""
-    build: Callable            # (task, **stage.build_kwargs) -> small_fc_lopt.LearnedOptimizer
-    settings: Any = ()         # overrides of the settings block: ((name, value), ...)
-    stages: Any = (Stage(),)
-    task_transform: Callable = lambda task: task   # e.g. μP re-parametrization (mup.py)
-    problem: Callable = None   # (task, lopt, cfg) -> pes.Problem; None: make_problem below
-    per_step: bool = True      # False: not an optax per-step optimizer (e.g. local-SGD server
-                               # updates), so evaluate.py's per-step suite does not apply
-
-
-# Celo App. A.3: outer AdamW at a constant 3e-4 (weight decay 1e-4), unrolls of 100–2000 steps.
-CELO_OUTER = (("meta_lr", 3e-4), ("final_lr", 3e-4), ("warmup_steps", 0), ("max_horizon", 2000))
-# The CPU budget of `python train.py --opt celo` (the paper: 100K meta-steps per stage): 5000
-# meta-steps of stage 1 and 2000 of stage 2, ≈ 26 min on 2 cores (README), the shipped checkpoint.
-CELO_SETTINGS = CELO_OUTER + (("meta_steps", 7000), ("stage1_steps", 5000))
-
-# Celo §3 "decoupled training": stage 1 learns the rule with η ≡ 1, stage 2 the scheduler.
-CELO_STAGES = (Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False),)),
-               Stage("scheduler", ("scheduler",), "", (("use_scheduler", True),)))
-
-OPTIMIZERS = {
-    # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
-    "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
-    # Celo (celo.txt §3, App. A.3): stage 1 learns the update rule with η ≡ 1, stage 2 the
-    # scheduler with the rule frozen; outer AdamW at a constant 3e-4 with weight decay 1e-4.
-    "celo": Recipe(lambda task, **kw: celo.learned_optimizer(**kw),
-                   settings=CELO_SETTINGS, stages=CELO_STAGES),
-    # Ablations of Celo Table 3: (c) single-stage (joint) training, (b) no scheduler (η ≡ 1).
-    "celo_joint": Recipe(lambda task, **kw: celo.learned_optimizer(**kw), settings=CELO_SETTINGS),
-    "celo_no_scheduler": Recipe(lambda task, **kw: celo.learned_optimizer(use_scheduler=False),
-                                settings=CELO_SETTINGS),
-    # VeLO (velo_summary.txt) at the small size (LSTM 64, bank 32: Celo's VeLO-S); the paper
-    # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
-    "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"),
-                   settings=CELO_OUTER + (("meta_steps", 1500),
-                                          ("out", os.path.join("checkpoints", "velo_small.npz")))),
-    # The papers' random meta-initialization (ours starts from a relative-step Adam: celo.py
-    # RULE_INIT, velo.py META_INIT), for the ablation in the README.
-    "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
-                               settings=CELO_SETTINGS, stages=CELO_STAGES),
-    "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
-                                                                         meta_init="random"),
-                               settings=CELO_OUTER + (("meta_steps", 1500),)),
-    # --- more registry entries below (one per learned optimizer) ---
-    # μLO (mulo.txt §4, App. C): small_fc_lopt in μP on μP optimizees (mup.py), meta-trained on
-    # several widths at once; its SP twin (LO_M) with the same recipe; μVeLO_M.
-    "mu_small_fc_lopt": Recipe(lambda task: mup.build_small_fc_lopt(task, mup.MU),
-                               settings=mup.TRAIN_SETTINGS, task_transform=mup.mu_task),
-    "sp_small_fc_lopt": Recipe(lambda task: mup.build_small_fc_lopt(task, mup.SP),
-                               settings=mup.TRAIN_SETTINGS, task_transform=mup.sp_task),
-    "mu_velo": Recipe(mup.build_velo, settings=mup.VELO_TRAIN_SETTINGS,
-                      task_transform=mup.mu_task),
-    # Local SGD with a learned global update (Joseph et al. 2023): one PES step = one round.
-    "local_sgd_lopt": Recipe(lambda task: local_sgd.lopt(), settings=local_sgd.TRAIN_SETTINGS,
-                             problem=local_sgd.train_problem, per_step=False),
-    "local_sgd_lagg": Recipe(lambda task: local_sgd.lagg(), settings=local_sgd.TRAIN_SETTINGS,
-                             problem=local_sgd.train_problem, per_step=False),
-}
-
-
-class ConfigError(ValueError):
-    """A bad setting or name on the command line (printed as one line, exit code 2)."""
-
-
-def recipe(name):
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
-    return OPTIMIZERS[name]
-
-
-def prepare_task(name, task):
-    """The task as optimizer `name` expects it (μ-variants re-parametrize it)."""
-    return recipe(name).task_transform(task)
-
-
-def make_optax(name, theta, task, num_steps):
-    """The learned optimizer `name` with meta-parameters θ, for one task, as an optax transform
-    (built as in the last meta-training stage, e.g. Celo with its scheduler)."""
-    r = recipe(name)
-    return r.build(task, **dict(r.stages[-1].build_kwargs)).optimizer(theta, num_steps)
-
-
-def default_out(name):
-    """Where `--opt name` writes its checkpoint by default: its recipe's "out" setting (velo:
-    checkpoints/velo_small.npz), else checkpoints/{name}.npz."""
-    settings = dict(getattr(OPTIMIZERS.get(name), "settings", ()))
-    return settings.get("out") or os.path.join("checkpoints", f"{name}.npz")
+def check_recipes(optimizers=None):
+    """Every recipe's settings must name a setting of the block above (mup.TRAIN_SETTINGS and
+    local_sgd.TRAIN_SETTINGS name them by string): an unknown one is a ConfigError, one line."""
+    for name, r in (registry.OPTIMIZERS if optimizers is None else optimizers).items():
+        unknown = [k for k, _ in getattr(r, "settings", ()) if k not in SETTINGS]
+        if unknown:
+            raise ConfigError(f"recipe {name!r} sets unknown setting(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(SETTINGS)}")
 
 
 def resolve(overrides=None):
     """The settings of a run: the defaults above, the optimizer's recipe, then `overrides`."""
+    check_recipes()
     overrides = dict(overrides or {})
     cfg = dict(SETTINGS)
     cfg.update(dict(recipe(overrides.get("opt", cfg["opt"])).settings))
     cfg.update(overrides)
     if not cfg["out"]:
-        cfg["out"] = default_out(cfg["opt"])
+        cfg["out"] = os.path.join(run_dir(cfg["opt"]), f"{cfg['opt']}.npz")
     check(cfg)
     return cfg
 
@@ -207,39 +125,9 @@ def check(cfg):
         raise ConfigError("--max-horizon must be ≥ --min-horizon")
     if not (cfg["sigma"] > 0 and cfg["meta_lr"] > 0):
         raise ConfigError("--sigma and --meta-lr must be > 0")
-
-
-# ----------------------------------------------------------------------------- the inner problem
-
-class Inner(NamedTuple):
-    """One inner training run: the optimizee's (augmented) params, the optimizer's state, τ."""
-    params: Any
-    opt_state: Any
-    tau: Any
-
-
-def make_problem(task, lopt, augment_mode):
-    """PES's view of a task trained by a learned optimizer (Celo Eqs. (7)–(10) if augmenting).
-    `shared` = the frozen part of θ; `group` = one dataset of the task's stacked data."""
-
-    def init_inner(theta, shared, group, key, num_steps):
-        k_init, k_tau = jax.random.split(key)
-        params = task.init(k_init)
-        tau = None
-        if augment_mode != "none":
-            tau = tasks.sample_tau(k_tau, params, augment_mode)     # Celo §3, τ ~ logU[1e-3, 1e3]
-            params = tasks.augment_init(params, tau)                # Celo Eq. (8): start at θ0/τ
-        return Inner(params, lopt.init({**shared, **theta}, params, num_steps), tau)
-
-    def step_inner(theta, shared, group, inner, key):
-        loss_fn = task.loss if inner.tau is None else tasks.augment_loss(task.loss, inner.tau)
-        batch = task.sample_batch(group, key)
-        loss, grads = jax.value_and_grad(loss_fn)(inner.params, batch)  # Celo Eq. (10)
-        updates, opt_state = lopt.step({**shared, **theta}, inner.opt_state, inner.params, grads,
-                                       loss)
-        return Inner(optax.apply_updates(inner.params, updates), opt_state, inner.tau), loss
-
-    return pes.Problem(init_inner, step_inner, task.loss_cap)
+    if cfg["resume"] and cfg["init"]:
+        raise ConfigError("--resume continues the run at --out, --init starts a new one from "
+                          "another checkpoint: pass one of them")
 
 
 def meta_tasks(cfg, name):
@@ -249,7 +137,7 @@ def meta_tasks(cfg, name):
         # Celo App. A.4 uses MNIST, Fashion-MNIST, CIFAR-10 and SVHN at 8×8; offline we have
         # Fashion-MNIST (and MNIST / CIFAR-10 once in the cache), plus its inverted-intensity
         # twin for a second, differently conditioned dataset of the same structure.
-        names = [d for d in tasks.CELO_DATASETS if tasks.dataset_available(d)]
+        names = [d for d in tasks.CELO_DATASETS if data.dataset_available(d)]
         names.append("fashion_mnist_8x8_inverted")
         return [[prepare(t) for t in tasks.celo_meta_training_tasks(names)]]
     if cfg["task_set"] == "family":
@@ -300,7 +188,7 @@ class Trainer:
         self.pes_cfgs, self.problems, self.datas = [], [], []
         for group in self.groups:
             lopt = r.build(group[0], **dict(stage.build_kwargs))
-            self.problems.append(make_problem(group[0], lopt, cfg["augment"]) if r.problem is None
+            self.problems.append(make_problem(group[0], lopt, cfg["augment"], cfg["tau_range"]) if r.problem is None
                                  else r.problem(group[0], lopt, cfg))
             self.pes_cfgs.append(pes.Config(cfg["pairs_per_task"] * len(group), cfg["truncation"],
                                             cfg["sigma"], cfg["min_horizon"], cfg["max_horizon"]))
@@ -368,29 +256,47 @@ def _restore_leaves(template, saved, what, path):
         if arr.shape != np.shape(leaf):
             raise CheckpointError(f"{path}: {what} array {i} has shape {arr.shape}, this "
                                   f"configuration expects {np.shape(leaf)}")
-        out.append(jax.device_put(jnp.asarray(arr, dtype=jnp.asarray(leaf).dtype),
-                                  getattr(leaf, "sharding", None)))
+        arr = jnp.asarray(arr, dtype=jnp.asarray(leaf).dtype)
+        sharding = getattr(leaf, "sharding", None)
+        # on one device, stay uncommitted like a fresh run's arrays: a committed input is another
+        # jit signature, and the meta-step would compile a second time after a resume
+        out.append(arr if sharding is None or len(sharding.device_set) == 1
+                   else jax.device_put(arr, sharding))
     return treedef.unflatten(out)
 
 
 class Progress:
-    """One-line progress bar: meta-step, meta-loss, inner steps per second, ETA."""
+    """One-line progress bar of a stage: meta-step, meta-loss, inner steps per second, ETA. The
+    clock starts when the stage's first step is done (that step compiles), so the ETA is the time
+    per step after it times the steps left: compilation is not in it."""
 
-    def __init__(self, total, start):
-        self.total, self.start_step, self.t0, self.last = total, start, time.time(), 0.0
+    def __init__(self, total, clock=time.time):
+        self.total, self.clock, self.t0, self.step0, self.last = total, clock, None, None, 0.0
         self.tty = sys.stderr.isatty()
 
+    def eta(self, step, now):
+        """Seconds left at meta-step `step` (NaN until a step after the first is done)."""
+        if self.t0 is None or step <= self.step0:
+            return float("nan")
+        return (now - self.t0) / (step - self.step0) * (self.total - step)
+
     def update(self, step, loss, inner_per_s, force=False):
-        now = time.time()
+        """Call after every meta-step; `step` = meta-steps done. Prints at most every 0.5 s (a
+        terminal) or 30 s (a log), and always when `force`."""
+        now = self.clock()
+        if self.t0 is None:            # the stage's first (compiling) step: start the clock
+            self.t0, self.step0 = now, step
+            if not force:
+                return
         if not force and now - self.last < (0.5 if self.tty else 30.0):
             return
         self.last = now
-        done = step - self.start_step
-        eta = (now - self.t0) / max(done, 1) * (self.total - step)
+        eta = self.eta(step, now)
         width = 24
         filled = int(width * step / max(self.total, 1))
         line = (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
-                f"meta-loss {loss:.4f}  {inner_per_s:,.0f} inner steps/s  ETA {eta / 60:.1f} min")
+                f"meta-loss {loss:.4f}  {inner_per_s:,.0f} inner steps/s  "
+                + ("ETA --" if math.isnan(eta) else f"ETA {eta / 60:.1f} min"))
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
               file=sys.stderr, flush=True)
 
@@ -399,14 +305,16 @@ def _csv_path(path):
     return os.path.splitext(path)[0] + ".csv"
 
 
+def _plot_path(path):
+    return os.path.splitext(path)[0] + "_meta_loss.png"
+
+
 def _write_csv(path, rows):
     """Rewrite the whole log atomically (it is small), so a resume never duplicates rows."""
-    fd, tmp = _temp_file(os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "stage", "meta_loss", "nonfinite", "grad_norm", "seconds"])
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _read_csv(path, upto):
@@ -415,6 +323,16 @@ def _read_csv(path, upto):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))[1:]
     return [r for r in rows if int(r[0]) < upto]
+
+
+def stage_starts(rows):
+    """[(first meta-step, stage name)] of each stage in a meta-loss log, in order: the plot draws
+    a boundary at every start but the first."""
+    starts = []
+    for r in rows:
+        if not starts or r[1] != starts[-1][1]:
+            starts.append((int(r[0]), r[1]))
+    return starts
 
 
 def plot_meta_loss(rows, path):
@@ -431,6 +349,11 @@ def plot_meta_loss(rows, path):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, alpha=0.3, lw=0.8, label="per meta-step")
     ax.plot(steps, smooth, lw=1.5, label="EMA 0.95")
+    starts = stage_starts(rows)
+    for i, (first, name) in enumerate(starts if len(starts) > 1 else ()):
+        if i:
+            ax.axvline(first, color="k", lw=0.8, ls="--")
+        ax.text(first, 0.98, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
     ax.set_xlabel("meta-step")
     ax.set_ylabel("meta-loss (normalized inner loss)")
     ax.set_title(os.path.basename(os.path.splitext(path)[0]))
@@ -440,16 +363,33 @@ def plot_meta_loss(rows, path):
     plt.close(fig)
 
 
+STAMP = "%Y%m%d-%H%M%S"   # the time a run last saved, in its checkpoint's meta "saved_at"
+
+
+def run_time(path):
+    """When the run at `path` last saved: its checkpoint's meta "saved_at", else (an older or
+    unreadable file) the file's mtime, which a fresh clone of the repository resets."""
+    try:
+        saved_at = read_checkpoint(path)[4].get("saved_at")
+    except CheckpointError:
+        saved_at = None
+    return saved_at or time.strftime(STAMP, time.localtime(os.path.getmtime(path)))
+
+
 def set_aside(path, log=print):
     """A new run never overwrites an earlier one: an existing checkpoint at `path` (and its CSV and
-    plot) is renamed to <name>.<time>.npz etc. first, and the move is logged."""
+    plot) is renamed to <name>.<time>.npz etc. first, <time> being that run's (run_time), and the
+    move is logged."""
     if not os.path.exists(path):
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
-    stem = os.path.splitext(path)[0]
-    moved = f"{stem}.{stamp}.npz"
-    for old, new in ((path, moved), (_csv_path(path), f"{stem}.{stamp}.csv"),
-                     (stem + "_meta_loss.png", f"{stem}.{stamp}_meta_loss.png")):
+    stem, stamp = os.path.splitext(path)[0], run_time(path)
+    tag, n = stamp, 0
+    while os.path.exists(f"{stem}.{tag}.npz"):     # never overwrite an earlier set-aside run
+        n += 1
+        tag = f"{stamp}-{n}"
+    moved = f"{stem}.{tag}.npz"
+    for old, new in ((path, moved), (_csv_path(path), f"{stem}.{tag}.csv"),
+                     (_plot_path(path), f"{stem}.{tag}_meta_loss.png")):
         if os.path.exists(old):
             os.replace(old, new)
     log(f"note: {path} existed and was not resumed: moved to {moved} (use --resume to continue a run)")
@@ -457,32 +397,45 @@ def set_aside(path, log=print):
 
 
 def meta_train(cfg, log=print):
-    """Meta-train per cfg (see resolve); resumable. Returns (θ, finished): finished is False when
-    Ctrl-C / SIGTERM stopped the run (its checkpoint is saved)."""
+    """Meta-train per cfg (see resolve). A new run starts from a fresh θ, or with --init from
+    another checkpoint; --resume continues the run at --out. Returns (θ, finished): finished is
+    False when Ctrl-C / SIGTERM stopped the run (its checkpoint is saved)."""
     r = recipe(cfg["opt"])
     path = cfg["out"]
     mesh = pes.make_mesh() if len(jax.devices()) > 1 else None
-    base_key = jax.random.PRNGKey(cfg["seed"])
-    step, stage_idx, run_state = 0, 0, None
-    if cfg["resume"]:
-        name, theta, saved_cfg, state, _ = read_checkpoint(path)
+    step, stage_idx, run_state, rows, provenance = 0, 0, None, [], {}
+    source = path if cfg["resume"] else cfg["init"]
+    flag = "--resume" if cfg["resume"] else "--init"
+    if source:
+        name, theta, saved_cfg, state, meta = read_checkpoint(source)
         if name != cfg["opt"]:
-            raise CheckpointError(f"{path} holds a {name} run, not {cfg['opt']}")
-        for k in SETTINGS:
-            if k not in NON_RECIPE and k in saved_cfg and saved_cfg[k] != cfg[k]:
-                log(f"note: --resume keeps the run's {k}={saved_cfg[k]!r} (not {cfg[k]!r})")
-                cfg[k] = saved_cfg[k]
-        if "step" not in state:
+            raise CheckpointError(f"{source} holds a {name} run, not {cfg['opt']}")
+        init_from = cfg["init"] or meta.get("init")        # kept by --resume, as provenance
+        provenance = {"init": init_from} if init_from else {}
+        if "step" in state:   # a full run state: its recipe, step, AdamW and PES state go on
+            for k in SETTINGS:
+                if k not in NON_RECIPE and k in saved_cfg and saved_cfg[k] != cfg[k]:
+                    log(f"note: {flag} keeps the run's {k}={saved_cfg[k]!r} (not {cfg[k]!r})")
+                    cfg[k] = saved_cfg[k]
+            step, stage_idx = int(state["step"]), int(state["stage"])
+            run_state = state
+        elif cfg["resume"]:
             raise CheckpointError(f"{path} holds θ only (a shipped, stripped checkpoint), not a "
                                   "run to resume: drop --resume, or pass a new --out")
-        step, stage_idx = int(state["step"]), int(state["stage"])
-        run_state = state
+        else:                 # θ only: fresh AdamW and PES from this θ, at the stage of its step
+            step = int(meta.get("meta_steps_done", 0))
+        if cfg["init"] and step >= cfg["meta_steps"]:
+            raise ConfigError(f"--init {source} is at meta-step {step} already: pass a larger "
+                              f"--meta-steps (the total to reach)")
+        rows = _read_csv(_csv_path(source), step)
     else:
         first_task = meta_tasks(cfg, cfg["opt"])[0][0]
-        theta = r.build(first_task).init_meta_params(jax.random.fold_in(base_key, 10**6))
+        theta = r.build(first_task).init_meta_params(
+            jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 10**6))
+    if not cfg["resume"]:
         set_aside(path, log)
+    base_key = jax.random.PRNGKey(cfg["seed"])
     bounds = stage_bounds(cfg, r.stages)
-    rows = _read_csv(_csv_path(path), step)
     stop = {"flag": False}
 
     def on_term(signum, frame):
@@ -508,8 +461,8 @@ def meta_train(cfg, log=print):
             log(f"stage {stage_idx + 1}/{len(r.stages)} '{stage.name}': meta-steps {first}–{last}, "
                 f"{len(trainer.groups)} task group(s), {trainer.inner_steps} inner steps per meta-step, "
                 f"{len(jax.devices())} device(s)")
-            progress = Progress(cfg["meta_steps"], step)
-            last_save, t_prev = time.time(), time.time()
+            progress = Progress(cfg["meta_steps"])
+            t_stage = last_save = t_prev = time.time()
             ema = None
 
             def save():
@@ -518,7 +471,8 @@ def meta_train(cfg, log=print):
                          "opt": _leaves_dict(run.opt_state),
                          "pes": {str(i): _leaves_dict(s) for i, s in enumerate(run.pes)}}
                 save_checkpoint(path, cfg["opt"], full, config=cfg, state=state,
-                                meta={"meta_steps_done": step})
+                                meta={"meta_steps_done": step, "saved_at": time.strftime(STAMP),
+                                      **provenance})
                 _write_csv(_csv_path(path), rows)
 
             try:
@@ -527,12 +481,11 @@ def meta_train(cfg, log=print):
                     loss = float(stats["meta_loss"])   # waits for the step (honest timing)
                     now = time.time()
                     rows.append([step, stage.name, f"{loss:.6f}", int(stats["nonfinite"]),
-                                 f"{float(stats['grad_norm']):.4g}", f"{now - progress.t0:.2f}"])
+                                 f"{float(stats['grad_norm']):.4g}", f"{now - t_stage:.2f}"])
                     ema = loss if ema is None else 0.9 * ema + 0.1 * loss
                     step += 1
                     rate = trainer.inner_steps / max(now - t_prev, 1e-9)
-                    if step - 1 > first or step == last:  # the first step of a stage compiles
-                        progress.update(step, ema, rate, force=step == last)
+                    progress.update(step, ema, rate, force=step == last)
                     t_prev = now
                     if now - last_save > cfg["save_every_s"]:
                         save()
@@ -550,41 +503,95 @@ def meta_train(cfg, log=print):
             stage_idx += 1
     finally:
         signal.signal(signal.SIGTERM, old_term)
-    plot_meta_loss(rows, os.path.splitext(path)[0] + "_meta_loss.png")
+    plot_meta_loss(rows, _plot_path(path))
+    log("wrote " + ", ".join(p for p in (path, _csv_path(path), _plot_path(path))
+                             if os.path.exists(p)))
     return theta, True
 
 
 # ----------------------------------------------------------------------------- command line
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def setting_comments():
+    """{setting: its comment} from the settings block at the top of this file, which is the one
+    place a setting is explained (a comment-only line continues the setting above it)."""
+    with open(__file__, encoding="utf-8") as f:
+        source = f.read()
+    block = source[re.search(r"^# -+ settings$", source, re.M).start():
+                   re.search(r"^SETTINGS = ", source, re.M).start()]
+    comments, name = {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(block).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 0:
+            name = tok.string
+        elif tok.type == tokenize.COMMENT and name is not None:
+            text = tok.string.lstrip("#").strip()
+            comments[name] = f"{comments[name]} {text}" if name in comments else text
+    return comments
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad command line is one ConfigError line (no usage dump)."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            message = (f"unknown argument(s) {message.split(': ', 1)[1]}; "
+                       "`python train.py --help` lists the flags")
+        raise ConfigError(re.sub(r"^argument (\S+?): ", r"\1 ", message))
+
+
+def _typed(kind):
+    def convert(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects {'an' if kind is int else 'a'} "
+                                             f"{kind.__name__}, got {text!r}") from None
+    return convert
+
+
+def make_parser():
+    """Every setting as a flag, its help the setting's comment and its default; --strip."""
+    comments = setting_comments()
+    recipes = []
+    for name, r in OPTIMIZERS.items():
+        changed = " ".join(f"{k}={v}" for k, v in r.settings if SETTINGS.get(k) != v)
+        recipes.append(textwrap.fill(f"{name}" + (f": {changed}" if changed else ""), 96,
+                                     initial_indent="  ", subsequent_indent="      "))
+    parser = _Parser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="--opt names, with the defaults each one changes (the command line "
+                            "wins):\n" + "\n".join(recipes))
     for k, v in SETTINGS.items():
+        shown = f'"{v}"' if isinstance(v, str) else v
+        help_text = f"{comments.get(k, '')} (default: {shown})".replace("%", "%%")
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
-            parser.add_argument(flag, action="store_true", default=None)
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=type(v), default=None)
-    args = parser.parse_args(argv)
-    return {k: v for k, v in vars(args).items() if v is not None}
+            metavar = {"opt": "NAME", "out": "PATH", "init": "PATH"}.get(k, type(v).__name__)
+            parser.add_argument(flag, type=_typed(type(v)), default=None, help=help_text,
+                                metavar=metavar.upper())
+    parser.add_argument("--strip", nargs="+", metavar="PATH", help="drop the resume state of "
+                        "these checkpoints in place (θ, config and provenance stay), then exit")
+    return parser
+
+
+def parse_args(argv=None):
+    """The settings given on the command line, {name: value}, and "strip" if --strip was given
+    (a bad command line: ConfigError, one line)."""
+    args = vars(make_parser().parse_args(argv))
+    return {k: v for k, v in args.items() if v is not None}
 
 
 def main(argv=None):
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()   # multi-host: every host runs this same command
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--strip"]:           # python train.py --strip PATH [PATH ...]
-        try:
-            for p in argv[1:]:
+    try:
+        overrides = parse_args(argv)
+        if "strip" in overrides:          # python train.py --strip PATH [PATH ...]
+            for p in overrides["strip"]:
                 strip_checkpoint(p)
                 print(f"stripped {p}: θ kept, resume state removed")
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    overrides = parse_args(argv)
-    try:
+            return 0
         cfg = resolve(overrides)
         theta, finished = meta_train(cfg)
     except (ConfigError, CheckpointError, tasks.TaskError) as e:
@@ -599,116 +606,6 @@ def main(argv=None):
         result = evaluate.compare(cfg["opt"], theta, names, cfg["eval_steps"], cfg["eval_seeds"])
         print(evaluate.format_table(result))
     return 0
-
-
-# ----------------------------------------------------------------------------- checkpoints
-# One .npz per run, loaded with allow_pickle=False and written atomically (temp file + rename).
-# Keys: "format", "optimizer", "config" (JSON), "theta/<path>", "state/<path>" (meta-optimizer,
-# PES particles, RNG, step: anything train.py needs to resume), "meta/<name>" (provenance strings).
-
-CHECKPOINT_FORMAT = "lopt-jax-checkpoint-v1"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, truncated, or not one of ours (one-line message)."""
-
-
-def flatten_tree(tree, prefix):
-    """{prefix/a/b: array} for a nested dict of arrays (keys must not contain '/')."""
-    flat = {}
-    for key, value in tree.items():
-        key = str(key)
-        if "/" in key:
-            raise ValueError(f"tree key {key!r} contains '/', which checkpoints reserve")
-        if isinstance(value, dict):
-            flat.update(flatten_tree(value, f"{prefix}/{key}"))
-        else:
-            flat[f"{prefix}/{key}"] = np.asarray(value)
-    return flat
-
-
-def unflatten_tree(flat, prefix):
-    tree = {}
-    for key, value in flat.items():
-        if not key.startswith(prefix + "/"):
-            continue
-        *path, leaf = key[len(prefix) + 1:].split("/")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def _temp_file(directory):
-    """(fd, path) of a new temporary file in `directory` with the mode of a normal file (mkstemp
-    makes 0600 files), to be renamed over its target: an atomic write."""
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
-
-
-def save_checkpoint(path, optimizer_name, theta, config=None, state=None, meta=None):
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    arrays = {"format": np.asarray(CHECKPOINT_FORMAT), "optimizer": np.asarray(optimizer_name),
-              "config": np.asarray(json.dumps(config or {}, sort_keys=True))}
-    arrays.update(flatten_tree(jax.device_get(theta), "theta"))
-    arrays.update(flatten_tree(jax.device_get(state or {}), "state"))
-    arrays.update({f"meta/{k}": np.asarray(str(v)) for k, v in (meta or {}).items()})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = _temp_file(directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def read_checkpoint(path):
-    """Everything in a checkpoint: (optimizer_name, theta, config, state, meta)."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist: train one with "
-                              f"`python train.py --opt NAME --out {path}`")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            flat = {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, OSError...
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated "
-                              f"({type(e).__name__}); restore it or retrain") from None
-    if "format" not in flat or str(flat["format"]) != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} file "
-                              "(no 'format' key): was it written by train.py?")
-    theta = jax.tree.map(jnp.asarray, unflatten_tree(flat, "theta"))
-    if not theta:
-        raise CheckpointError(f"checkpoint {path} holds no theta/ arrays")
-    config = json.loads(str(flat["config"]))
-    state = unflatten_tree(flat, "state")
-    meta = {k[5:]: str(v) for k, v in flat.items() if k.startswith("meta/")}
-    return str(flat["optimizer"]), theta, config, state, meta
-
-
-def strip_checkpoint(path, out=None):
-    """Keep θ, the configuration and provenance; drop the resume state (AdamW moments, every PES
-    particle), which is most of the file: what checkpoints/ ships for the larger runs.
-    `python train.py --strip PATH` (in place)."""
-    name, theta, config, state, meta = read_checkpoint(path)
-    meta = {**meta, "stripped": "resume state removed; θ as trained"}
-    if "step" in state:
-        meta.setdefault("meta_steps_done", str(int(state["step"])))
-    save_checkpoint(out or path, name, theta, config=config, meta=meta)
-
-
-def load_checkpoint(path):
-    """(optimizer_name, theta) for library users: `tx = celo.optimizer(theta, num_steps)`."""
-    name, theta, _, _, _ = read_checkpoint(path)
-    return name, theta
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """VeLO: a per-tensor LSTM hypernetwork that writes a tiny per-parameter MLP for every tensor.
 
-Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up" (velo_summary.txt)
-App. B.3 (tensor-level LSTM), B.4 (parameter-level MLP), B.7 (cost); μLO (mulo.txt) App. A.1.2
-Eq. (9) and App. A.3 Tables 3–4 (the 30 MLP and 30 LSTM inputs). Matches learned_optimization's
+Metz et al. 2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up" (arXiv 2211.09760)
+App. B.3 (tensor-level LSTM), B.4 (parameter-level MLP), B.7 (cost); μLO (arXiv 2406.00153)
+App. A.1.2 Eq. (9) and App. A.3 Tables 3–4 (the 30 MLP and 30 LSTM inputs). Matches learned_optimization's
 HyperV2 (the released VeLO configuration) on tests/data/velo_tiny.npz.
 
 One step, for a model with T parameter tensors:
@@ -74,7 +74,7 @@ SIZES = {"paper": (512, 256), "small": (64, 32), "tiny": (8, 4)}
 
 def reference_param_count(lstm_hidden, bank):
     """Meta-parameters of the reference HyperV2 at width H and bank K, dead ones included
-    (REFERENCE.md "VeLO"): LSTM gates, controls head, three 30→H layers, step-size head,
+    (google/learned_optimization): LSTM gates, controls head, three 30→H layers, step-size head,
     initial state, and K MLPs of 30·4+4 + 4·4+4 + 4·3+3 = 159."""
     h, k = lstm_hidden, bank
     mlp = (NUM_MLP_INPUTS * FF_HIDDEN + FF_HIDDEN + FF_HIDDEN * FF_HIDDEN + FF_HIDDEN

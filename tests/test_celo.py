@@ -14,10 +14,10 @@ import optax
 import pytest
 
 import celo
+import checkpoint
 import convert_celo_weights as convert
 import features
 import small_fc_lopt as sfl
-import train
 from conftest import ROOT
 
 CHECKPOINT = os.path.join(ROOT, "checkpoints", "celo_paper.npz")
@@ -61,7 +61,7 @@ STEP_RTOL = 1e-4
 
 @pytest.fixture(scope="module")
 def paper_theta():
-    name, theta = train.load_checkpoint(CHECKPOINT)
+    name, theta = checkpoint.load_checkpoint(CHECKPOINT)
     assert name == "celo"
     return theta
 
@@ -69,7 +69,7 @@ def paper_theta():
 @functools.lru_cache(maxsize=None)
 def paper_optax():
     """The released optimizer as an optax transformation (N = 300), its update jitted once."""
-    tx = celo.optimizer(train.load_checkpoint(CHECKPOINT)[1], num_steps=300)
+    tx = celo.optimizer(checkpoint.load_checkpoint(CHECKPOINT)[1], num_steps=300)
     return tx, jax.jit(tx.update)
 
 
@@ -91,7 +91,7 @@ def readme_losses(wiggle):
 def schedule_run(wiggle):
     """run_schedule on the paper θ for one of the README loss curves, computed once."""
     losses = readme_losses(wiggle)
-    theta = train.load_checkpoint(CHECKPOINT)[1]
+    theta = checkpoint.load_checkpoint(CHECKPOINT)[1]
     return jax.device_get(run_schedule(theta, losses, jnp.int32(losses.shape[0])))
 
 
@@ -183,7 +183,7 @@ def test_parameter_count_formula():
 def test_paper_checkpoint_has_our_layout_and_licence(paper_theta):
     init = jax.eval_shape(celo.init_meta_params, jax.random.PRNGKey(0))
     assert jax.tree.map(jnp.shape, paper_theta) == jax.tree.map(jnp.shape, init)
-    name, _, config, _, meta = train.read_checkpoint(CHECKPOINT)
+    name, _, config, _, meta = checkpoint.read_checkpoint(CHECKPOINT)
     assert name == "celo" and config["use_scheduler"] is True
     assert meta["licence"] == "MIT" and meta["copyright"] == "Copyright (c) 2025 Abhinav Moudgil"
     assert "Permission is hereby granted" in meta["notice"]

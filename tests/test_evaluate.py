@@ -1,5 +1,5 @@
-"""evaluate.py: the Celo metrics against hand-computed values, the bootstrap's coverage, the
-training engine against a plain optax loop, the baseline cache, the CLI and its errors."""
+"""evaluate.py: the training engine against a plain optax loop, the baseline cache, the held-out
+VALIDATION and TEST suites, the CLI and its errors (the statistics: tests/test_metrics.py)."""
 import inspect
 import json
 import re
@@ -11,13 +11,17 @@ import numpy as np
 import optax
 import pytest
 
+import checkpoint
+import data as data_lib
 import evaluate as ev
+import metrics
+import registry
 import small_fc_lopt as sfl
 import tasks
-import train
 
 TINY = tasks.quadratic(dim=4, condition=10.0, noise=0.1)   # compiles in about a second
 T = 20                                                      # its steps in every test
+SMALL_MLP = tasks.teacher_student(in_dim=4, hidden=(8,), out_dim=2, batch_size=8)  # 2-D weights
 
 
 @pytest.fixture(autouse=True)
@@ -26,108 +30,23 @@ def nothing_under_runs(monkeypatch, tmp_path):
     monkeypatch.setattr(ev, "CACHE_DIR", tmp_path / "baselines")
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def test_ema_formula_by_hand():
-    # y0 = x0; y1 = 0.9·1 + 0.1·2 = 1.1; y2 = 0.9·1.1 + 0.1·3 = 1.29 (Celo App. A.3)
-    np.testing.assert_allclose(ev.ema([1.0, 2.0, 3.0]), [1.0, 1.1, 1.29], rtol=1e-12)
-    np.testing.assert_allclose(ev.ema([[4.0, 0.0]], decay=0.5), [[4.0, 2.0]])
-    # a non-finite loss makes the rest of the run +inf (diverged: never reaches, final = inf)
-    assert np.isinf(ev.ema([1.0, np.nan, 0.5])[1:]).all()
-
-
-def test_final_loss_is_mean_of_last_ten():
-    x = np.arange(30.0)
-    assert ev.final_loss(x) == np.mean(np.arange(20.0, 30.0))
-    assert ev.final_loss(np.array([2.0, 4.0])) == 3.0        # shorter than the window: all of it
-
-
-def test_speedup_edge_cases():
-    target = np.array(1.0)
-    assert ev.speedup(np.array([0.5, 0.4, 0.3, 0.2]), target) == 4.0        # reached at step 1
-    assert ev.speedup(np.array([3.0, 2.0, 1.5, 1.2]), target) == 0.0        # never → 0
-    curve = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.9, 0.8, 0.7])
-    assert ev.steps_to_reach(curve, target) == 5                           # <= counts
-    assert ev.speedup(curve, target) == 8 / 5
-    batch = ev.speedup(np.stack([curve, curve[::-1]]), np.array([1.0, 10.0]))
-    np.testing.assert_allclose(batch, [8 / 5, 8.0])                         # per-row targets
-
-
-def test_normalized_score_and_guards():
-    np.testing.assert_allclose(ev.normalized_score(1.0, [0.5, 2.0]), [2.0, 0.5])
-    assert ev.normalized_score(1.0, np.inf) == 0.0 and ev.normalized_score(1.0, np.nan) == 0.0
-    assert ev.normalized_score(1e-6, 0.0) == 1e-6 / ev.SCORE_FLOOR           # no division by 0
-
-
-def test_iqm_median_mean_optimality_gap_by_hand():
-    s = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 100.0]])   # 2 tasks × 4 seeds
-    assert ev.iqm(s) == np.mean([3.0, 4.0, 5.0, 6.0])               # drop 2 at each end of 8
-    s6 = np.array([[9.0, 1.0, 2.0], [3.0, 4.0, 50.0]])               # 6 scores: drop int(1.5)=1
-    assert ev.iqm(s6) == np.mean([2.0, 3.0, 4.0, 9.0])
-    t = np.array([[1.0, 3.0], [2.0, 10.0], [4.0, 4.0]])              # task means 2, 6, 4
-    assert ev.median(t) == 4.0 and ev.mean(t) == 4.0
-    g = np.array([[0.5, 1.5], [1.0, 0.8]])                           # clipped: .5, 1, 1, .8
-    assert ev.optimality_gap(g) == pytest.approx(1.0 - 0.825)
-    assert ev.optimality_gap(np.full((2, 3), 2.0)) == 0.0
-
-
-def test_stratified_bootstrap_by_hand():
-    s = np.array([[0.0, 1.0], [10.0, 11.0]])
-    boot = ev.stratified_bootstrap(s, reps=4000, seed=1)
-    assert boot.shape == (4000, 2, 2)
-    assert set(np.unique(boot[:, 0])) == {0.0, 1.0}                  # seeds never cross tasks
-    assert set(np.unique(boot[:, 1])) == {10.0, 11.0}
-    # one task, seeds {0, 1}: the resampled mean is 0, .5, 1 with probabilities ¼, ½, ¼
-    means = ev.mean(ev.stratified_bootstrap(s[:1], reps=4000, seed=1))
-    assert abs(np.mean(means == 0.5) - 0.5) < 0.03
-    assert ev.confidence_interval(s[:1], ev.mean) == (0.0, 1.0)
-    assert ev.confidence_interval(s, ev.iqm) == ev.confidence_interval(s, ev.iqm)  # seeded
-
-
-def test_bootstrap_ci_covers_known_mean_at_nominal_rate():
-    """4 tasks × 20 seeds of N(1.3, 1): the 95% CIs of the mean and of the IQM (population value
-    1.3 by symmetry) cover 1.3 in about 95% of 200 independent experiments."""
-    rng = np.random.default_rng(0)
-    covered = {"mean": 0, "iqm": 0}
-    trials = 200
-    for i in range(trials):
-        s = 1.3 + rng.standard_normal((4, 20))
-        for name in covered:
-            lo, hi = ev.confidence_interval(s, ev.METRICS[name], reps=500, seed=i)
-            covered[name] += lo <= 1.3 <= hi
-    for name, c in covered.items():
-        assert 0.88 <= c / trials <= 0.99, (name, c / trials)
-
-
-def test_aggregate_structure():
-    s = np.array([[1.2, 0.9, 1.1], [0.7, 0.8, 1.0]])
-    agg = ev.aggregate(s, reps=200)
-    assert set(agg) == {"iqm", "median", "mean", "optimality_gap", "ci95"}
-    for m in ev.METRICS:
-        lo, hi = agg["ci95"][m]
-        assert lo <= agg[m] + 1e-12 and agg[m] <= hi + 1e-12
-    with pytest.raises(ev.EvaluateError):
-        ev.aggregate(np.zeros((0, 3)))
-
-
 # ----------------------------------------------------------------------------- engine
 
-def python_loop_losses(task, lr, steps, seed):
-    """Oracle: the same run as a Python loop over steps of a plain optax.adam(lr) update."""
-    tx = optax.adam(lr)
-
+def python_loop_losses(task, lr, steps, seed, make_tx=optax.adam):
+    """Oracle: the same run as a Python loop over steps of a plain make_tx(lr) update (optax.adam
+    by default); lr is an argument of the jitted step, so other lrs do not recompile it."""
     @jax.jit
-    def step(params, state, t):
+    def step(params, state, t, lr):
         batch = task.sample_batch(task.data, jax.random.fold_in(k_data, t))
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        updates, state = tx.update(grads, state, params)
+        updates, state = make_tx(lr).update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
     k_init, k_data = jax.random.split(jax.random.key(seed))
     params = task.init(k_init)
-    state, out = tx.init(params), []
+    state, out = make_tx(lr).init(params), []
     for t in range(steps):
-        params, state, loss = step(params, state, t)
+        params, state, loss = step(params, state, t, jnp.float32(lr))
         out.append(float(loss))
     return np.array(out)
 
@@ -140,7 +59,7 @@ def test_vmapped_scan_matches_python_loop_and_compiles_once():
             ref = python_loop_losses(TINY, ev.ADAM_LRS[k], T, seed)
             np.testing.assert_allclose(tuned.losses[k, n], ref, rtol=2e-5, atol=1e-7)
     # the best lr is the one with the lowest mean final loss
-    finals = ev.final_loss(ev.ema(tuned.losses)).mean(-1)
+    finals = metrics.final_loss(metrics.ema(tuned.losses)).mean(-1)
     assert tuned.best == int(np.argmin(finals))
     # a second sweep (other seeds) reuses the compiled function: no recompilation
     runner = ev._RUNNERS[("baseline", "adam", TINY.init, TINY.loss, TINY.sample_batch, T)]
@@ -187,6 +106,53 @@ def test_evaluate_optax_transformation_on_any_task():
     assert entry["adam_lr"] == pytest.approx(lr)
 
 
+def test_muon_baseline_tuned_cached_and_matches_optax_loop(tmp_path):
+    """muon = optax.contrib.muon(lr) tuned over ADAM_LRS: its best curve is a hand-run muon loop
+    at the chosen lr; cached like the others; usable as an opt and in baselines=."""
+    tuned = ev.tune_baseline(SMALL_MLP, "muon", T, [0], cache_dir=tmp_path)
+    assert tuned.losses.shape == (len(ev.ADAM_LRS), 1, T)
+    assert tuned.best == int(np.argmin(metrics.final_training_loss(tuned.losses).mean(-1)))
+    lr = float(tuned.lrs[tuned.best])
+    assert lr in np.float32(ev.ADAM_LRS)
+    ref = python_loop_losses(SMALL_MLP, lr, T, 0, optax.contrib.muon)
+    np.testing.assert_allclose(tuned.best_losses[0], ref, rtol=2e-5, atol=1e-7)
+    adam = python_loop_losses(SMALL_MLP, lr, T, 0)          # the oracle can tell muon from adam
+    assert np.abs(adam - ref).max() > 1e-3
+    assert len(list((tmp_path / "muon").glob("*.npz"))) == 1
+    res = ev.evaluate("muon", [SMALL_MLP], T, 1, cache_dir=tmp_path, reps=50).result
+    entry = res["tasks"][SMALL_MLP.name]
+    assert entry["opt_lr"] == pytest.approx(lr)
+    assert entry["final_loss"]["opt"] == pytest.approx(float(metrics.final_training_loss(ref)),
+                                                       rel=1e-5)
+    both = ev.evaluate("adam", [SMALL_MLP], T, 1, cache_dir=tmp_path, baselines=("muon",),
+                       reps=50).result
+    assert set(both["baselines"]) == {"muon"}
+
+
+@pytest.mark.skipif("celo2" not in getattr(registry, "OPTIMIZERS", {}), reason="celo2 not registered")
+def test_tune_lr_picks_the_grid_lr_with_the_lowest_final_loss():
+    """evaluate(celo2, tune_lr=True): one vmapped sweep over ADAM_LRS; the chosen lr's curve is a
+    hand-run celo2.optimizer(θ, lr, T) loop, and its final loss is below its grid neighbour's."""
+    import celo2
+    theta = celo2.init_meta_params(jax.random.PRNGKey(0), True)
+    res = ev.evaluate("celo2", [SMALL_MLP], T, 1, theta=theta, cache_dir=None, reps=50,
+                      tune_lr=True)
+    entry = res.result["tasks"][SMALL_MLP.name]
+    assert res.result["tune_lr"] == pytest.approx(list(ev.ADAM_LRS))
+    lr = entry["opt_lr"]
+    assert lr in np.float32(ev.ADAM_LRS)
+    make = lambda lr: celo2.optimizer(theta, lr, T, harness=True)
+    chosen = python_loop_losses(SMALL_MLP, lr, T, 0, make)
+    np.testing.assert_allclose(res.curves[SMALL_MLP.name]["opt"][0], chosen, rtol=1e-4, atol=1e-6)
+    i = list(np.float32(ev.ADAM_LRS)).index(np.float32(lr))
+    neighbour = ev.ADAM_LRS[i - 1 if i > 0 else 1]            # the closest competitor
+    by_hand = python_loop_losses(SMALL_MLP, neighbour, T, 0, make)
+    assert metrics.final_training_loss(chosen) < metrics.final_training_loss(by_hand)
+    assert entry["final_loss"]["opt"] == pytest.approx(float(metrics.final_training_loss(chosen)),
+                                                       rel=1e-4)
+    assert "opt lr" in ev.format_table(res.result)
+
+
 class EtaState(NamedTuple):
     """An optimizer state exposing η, like Celo's State.eta."""
     count: jax.Array
@@ -216,10 +182,10 @@ def test_schedule_recorded_and_plots_written(tmp_path):
 
 @pytest.fixture
 def fake_registry(monkeypatch):
-    """train.py's pinned registry API, with small_fc_lopt, until the engine lands."""
-    monkeypatch.setattr(train, "OPTIMIZERS", {"small_fc_lopt": None, "celo": None},
+    """registry.py's pinned API, with small_fc_lopt, until the engine lands."""
+    monkeypatch.setattr(registry, "OPTIMIZERS", {"small_fc_lopt": None, "celo": None},
                         raising=False)
-    monkeypatch.setattr(train, "make_optax",
+    monkeypatch.setattr(registry, "make_optax",
                         lambda name, theta, task, num_steps: sfl.optimizer(theta, num_steps),
                         raising=False)
 
@@ -227,13 +193,13 @@ def fake_registry(monkeypatch):
         if task.name == "skip_me":
             raise tasks.InvalidOptionError(f"{name} cannot train {task.name}")
         return task
-    monkeypatch.setattr(train, "prepare_task", prepare_task, raising=False)
+    monkeypatch.setattr(registry, "prepare_task", prepare_task, raising=False)
 
 
 def test_learned_optimizer_checkpoint_and_compare(tmp_path, fake_registry):
     theta = sfl.init_meta_params(jax.random.key(0))
     path = tmp_path / "sfl.npz"
-    train.save_checkpoint(str(path), "small_fc_lopt", theta)
+    checkpoint.save_checkpoint(str(path), "small_fc_lopt", theta)
     entry = ev.evaluate_task(TINY, "small_fc_lopt", steps=T, seeds=2, checkpoint=path,
                              cache_dir=None)
     direct = ev.evaluate_task(TINY, "small_fc_lopt", steps=T, seeds=2, theta=theta,
@@ -297,15 +263,17 @@ def in_meta_training_family(entry):
 
 
 def test_suite_is_held_out_and_builds():
-    assert len(ev.SUITE) >= 12 and set(ev.QUICK) <= set(ev.SUITE)
-    assert max(e.horizon for e in ev.SUITE.values()) >= 3
-    kinds = {e.builder for e in ev.SUITE.values()}
+    assert len(ev.TEST) >= 12 and set(ev.QUICK) <= set(ev.TEST)
+    assert max(e.horizon for e in ev.TEST.values()) >= 3
+    kinds = {e.builder for e in ev.TEST.values()}
     assert kinds >= {"image_mlp", "image_conv", "image_autoencoder", "byte_lm",
-                     "teacher_student"}
+                     "teacher_student", "linear_regression", "logistic_regression"}
+    assert 6 <= len(ev.VALIDATION) <= 8
     # the check itself can fail: the meta-training task and a family member are detected
     assert in_meta_training_family(ev.SuiteTask("image_mlp", dict(hidden=(32,)), 1, ""))
     assert in_meta_training_family(ev.SuiteTask("byte_lm", {}, 1, ""))
-    for name, entry in ev.SUITE.items():
+    assert ev.HELD_OUT == {**ev.VALIDATION, **ev.TEST}
+    for name, entry in ev.HELD_OUT.items():
         assert not in_meta_training_family(entry), name
         task, horizon = ev.suite_task(name)
         assert task.name == name and horizon == entry.horizon
@@ -315,7 +283,38 @@ def test_suite_is_held_out_and_builds():
         assert loss.shape == () and loss.dtype == jnp.float32
     assert ev.resolve_tasks("quick,fmnist8_mlp_w1024,quick") == list(ev.QUICK) + [
         "fmnist8_mlp_w1024"]
-    assert ev.resolve_tasks("all") == list(ev.SUITE)
+    assert ev.resolve_tasks("all") == ev.resolve_tasks("test") == list(ev.TEST)
+    assert ev.resolve_tasks("validation") == list(ev.VALIDATION)
+    test, val = ev.resolve_tasks("test"), ev.resolve_tasks("validation")
+    assert {"fmnist8_mlp_w1024", "devil_lm_2l_4h", "quadratic_d256_k1e4", "linreg_d32_zero",
+            "fmnist8_logreg_zero", "fmnist16_mlp_6x64_relu"} <= set(test)
+    assert {"devil_reversed_lm_ctx24", "teacher_student_tw128", "quadratic_d64_k1e3"} <= set(val)
+    assert not set(test) & set(val)
+    assert ev.resolve_tasks("validation,test") == val + test
+
+
+def test_validation_and_test_share_no_dataset_architecture_pair():
+    sig = ev.task_signature
+    # hand-checked: the builder's defaults fill what the options leave out
+    assert sig(ev.TEST["devil_lm_2l_4h"]) == ("devil", "transformer")
+    assert sig(ev.TEST["teacher_student_deep"]) == ("synthetic_teacher_16x32x4", "mlp")
+    assert sig(ev.VALIDATION["teacher_student_tw128"]) == ("synthetic_teacher_24x128x2", "mlp")
+    assert sig(ev.VALIDATION["devil_reversed_lm_ctx24"]) == ("devil_reversed", "transformer")
+    assert sig(ev.TEST["fmnist8_logreg_zero"]) == ("fashion_mnist_8x8", "linear")
+    assert sig(ev.SuiteTask("image_conv", {}, 1, "")) == ("fashion_mnist_16x16", "conv")
+    # the check can fail: another seed, noise or student of a TEST problem is the same pair
+    twin = ev.SuiteTask("quadratic", dict(dim=256, condition=1e4, noise=0.5, seed=7), 1, "")
+    assert sig(twin) == sig(ev.TEST["quadratic_d256_k1e4"])
+    student = ev.SuiteTask("teacher_student", dict(in_dim=64, out_dim=8, hidden=(16,)), 1, "")
+    assert sig(student) == sig(ev.TEST["teacher_student_wide"])
+    val = {sig(e) for e in ev.VALIDATION.values()}
+    test = {sig(e) for e in ev.TEST.values()}
+    assert not val & test, val & test
+    # VALIDATION still covers the kinds of problem TEST has
+    assert {arch for _, arch in val} == {arch for _, arch in test} == {
+        "mlp", "conv", "autoencoder", "transformer", "quadratic", "linear"}
+    for data, _ in val | test:   # every signature names a real dataset or generator
+        assert data in data_lib.DATASETS or data.startswith(("devil", "synthetic_")), data
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -338,12 +337,12 @@ def test_cli_quick_end_to_end_json_schema(tmp_path, capsys):
     for name, t in r["tasks"].items():
         assert set(t["final_loss"]) == {"opt", "adam"} and name in out
         assert isinstance(t["score"], float) and isinstance(t["speedup"], float)
-        assert t["steps"] == 15 * ev.SUITE[name].horizon
+        assert t["steps"] == 15 * ev.TEST[name].horizon
         assert len(t["seeds"]["score"]) == 3
     for key in ("score", "speedup"):
         agg = r["aggregate"][key]
         assert set(agg) == {"iqm", "median", "mean", "optimality_gap", "ci95"}
-        assert set(agg["ci95"]) == set(ev.METRICS) and all(len(v) == 2 for v in
+        assert set(agg["ci95"]) == set(metrics.METRICS) and all(len(v) == 2 for v in
                                                               agg["ci95"].values())
     assert "iqm" in out and "optimality_gap" in out
 
@@ -372,6 +371,9 @@ def test_fixed_adam_lr_is_untuned_adam(tmp_path):
     (("--opt", "adam", "--checkpoint", "x.npz"), "adam is a tuned baseline"),
     (("--opt", "adam", "--steps", "0"), "--seeds and --steps must be >= 1"),
     (("--opt", "celo", "--checkpoint", "missing.npz"), "does not exist"),
+    (("--opt", "celo", "--tune-lr"), "--tune-lr applies to learned optimizers that take a "
+                                     "learning rate (celo2, celo2_base), not 'celo'"),
+    (("--opt", "muon", "--tune-lr"), "(baselines are always tuned)"),
 ])
 def test_cli_bad_input_one_line_error(capsys, fake_registry, args, needle):
     code, out, err = run_cli(capsys, *args)
@@ -379,7 +381,7 @@ def test_cli_bad_input_one_line_error(capsys, fake_registry, args, needle):
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
 
 
-@pytest.mark.skipif("local_sgd_lopt" not in getattr(train, "OPTIMIZERS", {}),
+@pytest.mark.skipif("local_sgd_lopt" not in getattr(registry, "OPTIMIZERS", {}),
                     reason="local_sgd_lopt not registered")
 def test_cli_refuses_server_updates_with_one_line(capsys):
     """local-SGD server updates (Recipe.per_step False) are not per-step optimizers."""
@@ -399,7 +401,7 @@ def test_cli_checkpoint_of_another_optimizer(tmp_path, capsys, fake_registry):
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
 
 
-@pytest.mark.skipif("celo" not in getattr(train, "OPTIMIZERS", {}), reason="celo not registered")
+@pytest.mark.skipif("celo" not in getattr(registry, "OPTIMIZERS", {}), reason="celo not registered")
 def test_real_celo_from_shipped_checkpoint_records_its_schedule():
     """train.py's registry and the shipped Celo θ: η_t is recorded; η_0 (before any loss
     history) is the same on every seed, as Celo's scheduler sees only progress and loss EMAs."""

@@ -31,8 +31,8 @@ def test_main_command_names_a_registered_optimizer():
     main = readme_commands()[0]
     opt = re.search(r"python train\.py --opt (\w+)$", main)
     assert opt, main
-    import train
-    assert opt.group(1) in train.OPTIMIZERS
+    import registry
+    assert opt.group(1) in registry.OPTIMIZERS
 
 
 def test_requirements_are_the_declared_dependencies():

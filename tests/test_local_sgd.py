@@ -11,6 +11,7 @@ import optax
 import pytest
 from conftest import run_on_two_devices
 
+import checkpoint
 import local_sgd
 import pes
 import tasks
@@ -177,9 +178,10 @@ def test_local_sgd_and_lopt_lower_the_loss_with_one_compiled_program(ts):
 
 
 def test_pes_problem_and_train_registry(quad):
+    import registry
     import train
     for name in ("local_sgd_lopt", "local_sgd_lagg"):
-        r = train.OPTIMIZERS[name]
+        r = registry.OPTIMIZERS[name]
         assert not r.per_step
         cfg = train.resolve({"opt": name})
         assert cfg["truncation"] == 50 and cfg["min_horizon"] >= cfg["truncation"]
@@ -200,12 +202,12 @@ def test_pes_problem_and_train_registry(quad):
 
 @pytest.mark.parametrize("name", ["local_sgd_lopt", "local_sgd_lagg"])
 def test_shipped_checkpoints_match_the_optimizer(name):
-    import train
+    import registry
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "checkpoints", f"{name}.npz")
-    saved, theta = train.load_checkpoint(path)
+    saved, theta = checkpoint.load_checkpoint(path)
     assert saved == name
-    fresh = train.OPTIMIZERS[name].build(None).init_meta_params(jax.random.PRNGKey(0))
+    fresh = registry.OPTIMIZERS[name].build(None).init_meta_params(jax.random.PRNGKey(0))
     assert jax.tree.structure(theta) == jax.tree.structure(fresh)
     assert jax.tree.map(jnp.shape, theta) == jax.tree.map(jnp.shape, fresh)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(theta))

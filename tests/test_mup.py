@@ -11,9 +11,11 @@ import numpy as np
 import optax
 import pytest
 
+import checkpoint
 import mulo_experiments as mx
 import mup
 import small_fc_lopt
+import registry
 import tasks
 import train
 import velo
@@ -163,7 +165,7 @@ def test_mu_velo_drops_the_parameter_scale_and_applies_the_table():
 
 def test_registry_recipes_meta_train_on_all_widths_at_once():
     for name in ("mu_small_fc_lopt", "sp_small_fc_lopt", "mu_velo"):
-        assert name in train.OPTIMIZERS
+        assert name in registry.OPTIMIZERS
     cfg = train.resolve({"opt": "mu_small_fc_lopt"})
     assert cfg["task_set"].split(",") == [mup.task_name(w) for w in mup.META_WIDTHS]
     assert (cfg["pairs_per_task"], cfg["truncation"], cfg["sigma"]) == (8, 50, 0.01)
@@ -181,11 +183,12 @@ def test_registry_recipes_meta_train_on_all_widths_at_once():
 
 def test_shipped_mu_lo_trains_a_wider_mlp_through_optax():
     """The shipped μLO_M lowers the loss of a width-256 MLP (4× its widest meta-training
-    task) through train.make_optax, compiled once for both calls."""
-    name, theta = train.load_checkpoint(os.path.join(ROOT, "checkpoints", "mu_small_fc_lopt.npz"))
+    task) through registry.make_optax, compiled once for both calls."""
+    name, theta = checkpoint.load_checkpoint(os.path.join(ROOT, "checkpoints",
+                                                          "mu_small_fc_lopt.npz"))
     assert name == "mu_small_fc_lopt"
-    task = train.prepare_task(name, mup.width_task(256))
-    tx = train.make_optax(name, theta, task, 100)
+    task = registry.prepare_task(name, mup.width_task(256))
+    tx = registry.make_optax(name, theta, task, 100)
 
     @jax.jit
     def run(params, key):
@@ -209,7 +212,7 @@ def test_shipped_mu_lo_trains_a_wider_mlp_through_optax():
 
 def adafactor_theta():
     """θ that makes small_fc_lopt the per-tensor normalized Adafactor direction: d = feature 10
-    (fac_g, decay 0.9, REFERENCE.md's table) through relu(x) − relu(−x), m = 0; a known,
+    (fac_g, decay 0.9, as google/learned_optimization) through relu(x) − relu(−x), m = 0; a known,
     gradient-aligned update rule to check the μP scalings with, independent of meta-training."""
     theta = small_fc_lopt.init_meta_params(jax.random.PRNGKey(0), hidden=mup.LOPT_HIDDEN)
     mlp = jax.tree.map(jnp.zeros_like, theta["mlp"])

@@ -79,7 +79,8 @@ def test_parameter_count_formula():
         theta = sfl.init_meta_params(jax.random.PRNGKey(0), hidden=hidden)
         mlp = 39 * hidden + hidden + hidden * hidden + hidden + hidden * 2 + 2
         assert sfl.count_params(theta) == mlp + 7
-    assert sfl.count_params(sfl.init_meta_params(jax.random.PRNGKey(0))) == 197  # REFERENCE.md
+    # 197: the reference code's count (google/learned_optimization)
+    assert sfl.count_params(sfl.init_meta_params(jax.random.PRNGKey(0))) == 197
 
 
 def test_init_is_truncated_normal_with_fan_in_std():

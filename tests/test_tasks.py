@@ -13,6 +13,7 @@ import optax
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import tasks  # noqa: E402
 
 ADAM_LR = 1e-2     # brief: a few steps of optax.adam at 1e-2 must lower the loss on one batch
@@ -222,6 +223,98 @@ def test_quadratic_gradient_formula():
     np.testing.assert_allclose(grad, h * (params["w"] - batch["target"]) / 5, rtol=1e-6)
 
 
+# ---- the held-out problems a general-purpose optimizer must handle (evaluate.TEST) --------
+NEW_TASKS = {  # tiny versions of the new builders and options (evaluate.TEST / VALIDATION)
+    "linreg_zero": lambda: tasks.linear_regression(in_dim=8, out_dim=2, batch_size=32),
+    "logreg_zero": lambda: tasks.logistic_regression("fashion_mnist_8x8", batch_size=32),
+    "logreg_zero_5class": lambda: tasks.logistic_regression("fashion_mnist_8x8_5class",
+                                                            batch_size=32),
+    "deep_relu_mlp": lambda: tasks.image_mlp("fashion_mnist_8x8", hidden=(16,) * 6,
+                                             activation="relu", batch_size=32),
+    "teacher_w128": lambda: tasks.teacher_student(in_dim=8, hidden=(16,), out_dim=2,
+                                                  batch_size=32, teacher_width=128),
+    "bytelm_reversed": lambda: tasks.byte_lm(context=8, embed=8, hidden=16, layers=1, heads=2,
+                                             batch_size=8, reverse=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_TASKS))
+def test_new_task_trains_with_adam_on_fresh_batches(name):
+    """40 steps of optax.adam(1e-2), a fresh batch each step: the mean loss of the last 10 steps
+    is below 0.9 × the loss at init, and it starts below the cap."""
+    task = NEW_TASKS[name]()
+    opt = optax.adam(ADAM_LR)
+
+    @jax.jit
+    def run(data, key):
+        k_init, k_data = jax.random.split(key)
+        params = task.init(k_init)
+
+        def step(carry, t):
+            p, s = carry
+            loss, g = jax.value_and_grad(task.loss)(p, task.sample_batch(
+                data, jax.random.fold_in(k_data, t)))
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+
+        return jax.lax.scan(step, (params, opt.init(params)), jnp.arange(40))[1]
+
+    losses = np.asarray(run(task.data, jax.random.PRNGKey(0)))
+    assert np.isfinite(losses).all() and 0.0 < losses[0] < task.loss_cap
+    assert losses[-10:].mean() < 0.9 * losses[0], losses
+
+
+def test_linear_and_logistic_regression_start_at_zero():
+    lin = tasks.linear_regression(in_dim=8, out_dim=2, batch_size=4096, noise=0.1, seed=3)
+    log = tasks.logistic_regression("fashion_mnist_8x8_5class", batch_size=64)
+    for task in (lin, log):
+        for seed in (0, 1):   # every key gives the same, all-zero start
+            params = task.init(jax.random.PRNGKey(seed))
+            assert set(params) == {"l0/w", "l0/b"} and not any(v.any() for v in params.values())
+    assert log.init(jax.random.PRNGKey(0))["l0/w"].shape == (64, 5)
+    # at zero every class has probability 1/C: the loss is exactly ln 5
+    batch = log.sample_batch(log.data, jax.random.PRNGKey(2))
+    assert float(log.loss(log.init(jax.random.PRNGKey(0)), batch)) == pytest.approx(math.log(5))
+    assert log.loss_cap == pytest.approx(1.5 * math.log(5))
+    # linear regression: loss at 0 = mean y² (numpy oracle); at (w*, b*) it is about noise²
+    w, b = np.asarray(lin.data["w"]), np.asarray(lin.data["b"])
+    np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-6)  # unit-variance x·w*
+    batch = lin.sample_batch(lin.data, jax.random.PRNGKey(4))
+    zero = lin.init(jax.random.PRNGKey(0))
+    assert float(lin.loss(zero, batch)) == pytest.approx(
+        float(np.mean(np.asarray(batch["y"]) ** 2)), rel=1e-5)
+    best = {"l0/w": jnp.asarray(w), "l0/b": jnp.asarray(b)}
+    assert float(lin.loss(best, batch)) == pytest.approx(0.1 ** 2, rel=0.1)
+    assert lin.loss_cap == pytest.approx(1.5 * (1.0 + np.mean(b ** 2) + 0.1 ** 2), rel=1e-6)
+
+
+def test_deep_relu_mlp_has_zero_biases_and_random_weights():
+    """The dense init (haiku Linear) already starts biases at zero: the deep ReLU task of
+    evaluate.TEST needs no zero_init option. 6 hidden layers + the output layer."""
+    task = tasks.image_mlp("fashion_mnist_16x16", hidden=(64,) * 6, activation="relu")
+    params = task.init(jax.random.PRNGKey(0))
+    assert sorted(params) == sorted(f"l{i}/{t}" for i in range(7) for t in "wb")
+    assert sum(v.size for v in params.values()) == (256 * 64 + 64 + 5 * (64 * 64 + 64)
+                                                    + 64 * 10 + 10)
+    for i in range(7):
+        assert not params[f"l{i}/b"].any()
+        assert float(jnp.std(params[f"l{i}/w"])) > 0.5 * TRUNCNORM_STD / math.sqrt(
+            params[f"l{i}/w"].shape[0])
+
+
+def test_reversed_text_and_teacher_width_options():
+    fwd = tasks.byte_lm(context=8, embed=8, hidden=16, heads=2)
+    rev = tasks.byte_lm(context=8, embed=8, hidden=16, heads=2, reverse=True)
+    np.testing.assert_array_equal(rev.data["tokens"], np.asarray(fwd.data["tokens"])[::-1])
+    assert rev.name != fwd.name and "reversed" in rev.name
+    wide = tasks.teacher_student(in_dim=8, out_dim=3, batch_size=8192, teacher_width=128)
+    assert wide.data["teacher/w0"].shape == (8, 128) and wide.data["teacher/w1"].shape == (128, 3)
+    y = wide.sample_batch(wide.data, jax.random.PRNGKey(0))["y"]
+    np.testing.assert_allclose(jnp.var(y, axis=0), 1.0, rtol=0.1)   # still unit variance
+    assert tasks.teacher_student().name == tasks.teacher_student(teacher_width=32).name
+    assert "_tw128_" in wide.name
+
+
 def test_activations_match_formulas():
     x = jnp.array([-1.0, 0.0, 1.0])
     expected = {"relu": [0, 0, 1], "tanh": np.tanh([-1, 0, 1]), "sigmoid": [0.2689414, 0.5,
@@ -247,6 +340,13 @@ def test_activations_match_formulas():
     (lambda: tasks.byte_lm(split="validation"), tasks.UnknownNameError, "split"),
     (lambda: tasks.quadratic(condition=0.5), tasks.InvalidOptionError, "condition"),
     (lambda: tasks.teacher_student(noise=-1), tasks.InvalidOptionError, "noise"),
+    (lambda: tasks.teacher_student(teacher_width=0), tasks.InvalidOptionError, "teacher_width"),
+    (lambda: tasks.byte_lm(reverse="yes"), tasks.InvalidOptionError, "reverse"),
+    (lambda: tasks.linear_regression(in_dim=0), tasks.InvalidOptionError, "in_dim"),
+    (lambda: tasks.linear_regression(noise=-0.1), tasks.InvalidOptionError, "noise"),
+    (lambda: tasks.logistic_regression(dataset="imagenet"), tasks.UnknownNameError,
+     "fashion_mnist_8x8"),
+    (lambda: tasks.logistic_regression(batch_size=0), tasks.InvalidOptionError, "batch_size"),
 ])
 def test_builder_options_are_validated(build, error, text):
     with pytest.raises(error) as e:
@@ -301,7 +401,7 @@ def test_stack_data_rejects_mismatched_structures():
 
 
 def test_celo_meta_training_tasks(tmp_path, monkeypatch):
-    monkeypatch.setenv(tasks.CACHE_ENV, str(tmp_path))  # empty cache: only the embedded data
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))  # empty cache: only the embedded data
     default = tasks.celo_meta_training_tasks()
     assert [t.name for t in default] == ["celo_fashion_mnist_8x8"]
     two = tasks.celo_meta_training_tasks(["fashion_mnist_8x8", "fashion_mnist_8x8_inverted"])

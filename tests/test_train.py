@@ -2,12 +2,17 @@
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import checkpoint
+import registry
+import small_fc_lopt
+import tasks
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +38,7 @@ def test_resume_gives_identical_theta(tmp_path):
     theta_b, _ = train.meta_train(tiny_cfg(tmp_path / "b", meta_steps=6, resume=True), log=quiet)
     for x, y in zip(jax.tree.leaves(theta_a), jax.tree.leaves(theta_b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    name, loaded = train.load_checkpoint(b["out"])
+    name, loaded = checkpoint.load_checkpoint(b["out"])
     assert name == "small_fc_lopt"
     for x, y in zip(jax.tree.leaves(theta_a), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -67,51 +72,17 @@ def test_meta_training_lowers_the_meta_loss(tmp_path, opt, lr, drop):
     assert loss[-15:].mean() < drop * loss[:15].mean(), loss
 
 
-def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = str(tmp_path / "c.npz")
-    train.save_checkpoint(path, "small_fc_lopt", {"a": jnp.ones(3)})
-    real = np.savez
-
-    def crash(f, **arrays):
-        f.write(b"PK partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(np, "savez", crash)
-    with pytest.raises(OSError):
-        train.save_checkpoint(path, "small_fc_lopt", {"a": jnp.zeros(3)})
-    monkeypatch.setattr(np, "savez", real)
-    name, theta = train.load_checkpoint(path)
-    np.testing.assert_array_equal(theta["a"], np.ones(3))
-    assert os.listdir(tmp_path) == ["c.npz"]  # no temporary file left behind
-
-
 def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
     cfg = tiny_cfg(tmp_path, meta_steps=2)
     train.meta_train(cfg, log=quiet)
-    _, first = train.load_checkpoint(cfg["out"])
+    _, first = checkpoint.load_checkpoint(cfg["out"])
     notes = []
     train.meta_train({**cfg, "seed": 1}, log=notes.append)
     moved = [p for p in os.listdir(tmp_path) if p.startswith("run.2") and p.endswith(".npz")]
     assert len(moved) == 1 and any("moved to" in n for n in notes), (os.listdir(tmp_path), notes)
-    _, kept = train.load_checkpoint(str(tmp_path / moved[0]))
+    _, kept = checkpoint.load_checkpoint(str(tmp_path / moved[0]))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(kept)))
     assert os.path.exists(str(tmp_path / moved[0]).replace(".npz", ".csv"))
-
-
-def test_bad_checkpoints_give_one_line_errors(tmp_path):
-    with pytest.raises(train.CheckpointError, match="does not exist"):
-        train.load_checkpoint(str(tmp_path / "missing.npz"))
-    good = str(tmp_path / "good.npz")
-    train.save_checkpoint(good, "x", {"a": jnp.ones(1000)})
-    raw = open(good, "rb").read()
-    truncated = tmp_path / "truncated.npz"
-    truncated.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(train.CheckpointError, match="unreadable or truncated"):
-        train.load_checkpoint(str(truncated))
-    foreign = str(tmp_path / "foreign.npz")
-    np.savez(foreign, weights=np.ones(3))
-    with pytest.raises(train.CheckpointError, match="not a"):
-        train.load_checkpoint(foreign)
 
 
 def test_checkpoint_keys_and_no_pickle(tmp_path):
@@ -123,15 +94,15 @@ def test_checkpoint_keys_and_no_pickle(tmp_path):
     assert any(k.startswith("state/opt/") for k in keys) and any(k.startswith("state/pes/") for k in keys)
     assert "config" in keys and "state/step" in keys
     # a stripped (shipped) checkpoint keeps θ exactly, drops the resume state, refuses --resume
-    _, theta = train.load_checkpoint(cfg["out"])
+    _, theta = checkpoint.load_checkpoint(cfg["out"])
     small = str(tmp_path / "stripped.npz")
-    train.strip_checkpoint(cfg["out"], small)
+    checkpoint.strip_checkpoint(cfg["out"], small)
     with np.load(small, allow_pickle=False) as f:
         assert not any(k.startswith("state/") for k in f.files)
-    name, stripped = train.load_checkpoint(small)
+    name, stripped = checkpoint.load_checkpoint(small)
     assert name == cfg["opt"]
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), theta, stripped))
-    with pytest.raises(train.CheckpointError, match="holds θ only"):
+    with pytest.raises(checkpoint.CheckpointError, match="holds θ only"):
         train.meta_train({**cfg, "out": small, "resume": True, "meta_steps": 3}, log=quiet)
 
 
@@ -150,7 +121,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_settings_block_is_overridable():
     cfg = train.resolve(train.parse_args(["--meta-lr", "0.5", "--task-set", "quadratic"]))
     assert cfg["meta_lr"] == 0.5 and cfg["task_set"] == "quadratic"
-    assert cfg["out"] == os.path.join("checkpoints", "small_fc_lopt.npz")
+    assert cfg["out"] == os.path.join("runs", "small_fc_lopt", "small_fc_lopt.npz")
 
 
 def test_celo_stage2_trains_only_the_scheduler(tmp_path):
@@ -159,7 +130,7 @@ def test_celo_stage2_trains_only_the_scheduler(tmp_path):
     theta1, _ = train.meta_train(stage1, log=quiet)
     theta2, _ = train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=4, stage1_steps=2,
                                           resume=True, **kw), log=quiet)
-    init = train.recipe("celo").build(None).init_meta_params(jax.random.fold_in(jax.random.PRNGKey(0), 10 ** 6))
+    init = registry.recipe("celo").build(None).init_meta_params(jax.random.fold_in(jax.random.PRNGKey(0), 10 ** 6))
     changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert changed(init["rule"], theta1["rule"]) and not changed(init["scheduler"], theta1["scheduler"])
     assert not changed(theta1["rule"], theta2["rule"]) and changed(theta1["scheduler"], theta2["scheduler"])
@@ -167,10 +138,10 @@ def test_celo_stage2_trains_only_the_scheduler(tmp_path):
 
 def test_augmented_inner_loss_is_the_plain_loss_at_tau_w():
     """Celo Eqs. (7)–(10): the optimizer holds w = θ0/τ; the loss it sees is L(τ·w)."""
-    task = train.tasks.get_task("teacher_student")
-    lopt = train.small_fc_lopt.learned_optimizer()
+    task = tasks.get_task("teacher_student")
+    lopt = small_fc_lopt.learned_optimizer()
     theta = lopt.init_meta_params(jax.random.PRNGKey(0))
-    prob = train.make_problem(task, lopt, "global")
+    prob = registry.make_problem(task, lopt, "global")
     key = jax.random.PRNGKey(3)
     inner = prob.init_inner(theta, {}, task.data, key, 100)
     tau = jax.tree.leaves(inner.tau)[0]
@@ -180,3 +151,143 @@ def test_augmented_inner_loss_is_the_plain_loss_at_tau_w():
     plain = task.loss(jax.tree.map(lambda w: tau * w, inner.params), batch)
     np.testing.assert_allclose(loss, plain, rtol=1e-5)
     np.testing.assert_allclose(plain, task.loss(task.init(jax.random.split(key)[0]), batch), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the front door
+
+TINY_ARGS = ["--task-set", "teacher_student", "--pairs-per-task", "2", "--truncation", "5",
+             "--min-horizon", "10", "--max-horizon", "20", "--eval-steps", "0",
+             "--warmup-steps", "2", "--save-every-s", "1e9"]
+
+
+def snapshot(folder):
+    """{file: bytes} of a folder, to tell whether anything in it changed."""
+    return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+
+def test_a_run_writes_under_runs_and_never_touches_checkpoints(tmp_path, monkeypatch, capsys):
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    for name in ("small_fc_lopt.npz", "small_fc_lopt.csv"):
+        (shipped / name).write_bytes(open(os.path.join(ROOT, "checkpoints", name), "rb").read())
+    before, repo_before = snapshot(shipped), sorted(os.listdir(os.path.join(ROOT, "checkpoints")))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):      # the second run sets the first aside, inside runs/
+        assert train.main(["--opt", "small_fc_lopt", "--meta-steps", "2", *TINY_ARGS]) == 0
+    assert snapshot(shipped) == before
+    assert sorted(os.listdir(os.path.join(ROOT, "checkpoints"))) == repo_before
+    run = os.path.join("runs", "small_fc_lopt", "small_fc_lopt")
+    out = capsys.readouterr().out
+    assert f"wrote {run}.npz, {run}.csv, {run}_meta_loss.png" in out, out
+    files = os.listdir(tmp_path / "runs" / "small_fc_lopt")
+    assert {"small_fc_lopt.npz", "small_fc_lopt.csv", "small_fc_lopt_meta_loss.png"} <= set(files)
+    assert len([f for f in files if f.endswith(".npz")]) == 2, files
+    # evaluate.py's default θ stays the shipped one, not the run's
+    assert registry.shipped_checkpoint("small_fc_lopt") == os.path.join("checkpoints",
+                                                                     "small_fc_lopt.npz")
+    assert registry.shipped_checkpoint("velo") == os.path.join("checkpoints", "velo_small.npz")
+    assert train.resolve({"opt": "velo"})["out"] == os.path.join("runs", "velo", "velo.npz")
+
+
+def test_help_lists_every_setting_its_default_and_the_optimizers(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")                     # one line per flag
+    text = train.make_parser().format_help()
+    lines = {}                                                # flag → its entry, joined
+    for line in text.split("options:\n")[1].split("\n\n")[0].splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0]
+        lines[flag] = f"{lines.get(flag, '')} {line.strip()}".strip()
+    for k, v in train.SETTINGS.items():
+        line = lines["--" + k.replace("_", "-")]
+        shown = f'"{v}"' if isinstance(v, str) else str(v)
+        assert line.endswith(f"(default: {shown})"), line
+    # the meaning is the settings block's comment (hand-copied here from train.py)
+    assert "AdamW peak learning rate (μLO recipe) (default: 0.003)" in lines["--meta-lr"]
+    assert "continue the run saved at --out" in lines["--resume"]
+    assert all(name in text for name in registry.OPTIMIZERS) and "--strip" in lines
+
+
+def test_bad_flags_are_one_line_and_exit_2(tmp_path):
+    for args, expected in ((["--meta-lr", "abc"], "error: --meta-lr expects a float, got 'abc'"),
+                           (["--no-such-flag"], "error: unknown argument(s) --no-such-flag")):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2 and r.stdout == "", r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), r.stderr
+
+
+def test_meta_loss_plot_marks_stage_boundaries(tmp_path):
+    rows = [[s, "rule" if s < 3 else "scheduler", "0.5", 0, "1", "0"] for s in range(5)]
+    assert train.stage_starts(rows) == [(0, "rule"), (3, "scheduler")]   # a line at step 3
+    assert train.stage_starts(rows[:3]) == [(0, "rule")]                 # one stage: no line
+    train.plot_meta_loss(rows, str(tmp_path / "p.png"))
+    assert os.path.getsize(tmp_path / "p.png") > 0
+
+
+def test_eta_excludes_the_compiling_first_step():
+    """First step of a stage: 100 s (compiling), then 2 s per step; 10 steps in all."""
+    times = iter([100.0, 102.0, 104.0])
+    progress = train.Progress(10, clock=lambda: next(times))
+    progress.tty = False
+    for step in (1, 2, 3):
+        progress.update(step, 0.5, 1.0)
+    assert progress.eta(3, 104.0) == 2.0 * 7                 # 2 s per step × 7 steps left
+
+
+def test_set_aside_names_a_run_by_its_own_time(tmp_path):
+    path = str(tmp_path / "run.npz")
+    checkpoint.save_checkpoint(path, "x", {"a": jnp.ones(1)}, meta={"saved_at": "20200102-030405"})
+    os.utime(path, (1e9, 1e9))                                # a fresh clone's mtime: ignored
+    assert train.set_aside(path, log=quiet).endswith("run.20200102-030405.npz")
+    checkpoint.save_checkpoint(path, "x", {"a": jnp.ones(1)}, meta={"saved_at": "20200102-030405"})
+    assert train.set_aside(path, log=quiet).endswith("run.20200102-030405-1.npz")  # none lost
+    checkpoint.save_checkpoint(path, "x", {"a": jnp.ones(1)})  # an older file: its mtime
+    os.utime(path, (1e9, 1e9))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1e9))
+    assert train.set_aside(path, log=quiet).endswith(f"run.{stamp}.npz")
+
+
+def test_init_continues_a_full_checkpoint_and_restarts_from_a_stripped_one(tmp_path,
+                                                                          monkeypatch):
+    theta_a, _ = train.meta_train(tiny_cfg(tmp_path / "a", meta_steps=6), log=quiet)
+    b = tiny_cfg(tmp_path / "b", meta_steps=3)
+    train.meta_train(b, log=quiet)
+    b_files = snapshot(tmp_path / "b")
+    c = tiny_cfg(tmp_path / "c", meta_steps=6, init=b["out"])
+    made, real = [], train.Trainer.__init__
+    monkeypatch.setattr(train.Trainer, "__init__",
+                        lambda self, *a, **k: (real(self, *a, **k), made.append(self))[0])
+    theta_c, done = train.meta_train(c, log=quiet)
+    assert done and snapshot(tmp_path / "b") == b_files          # the source is only read
+    assert made[0].step._cache_size() == 1       # restored state: no second compile (ETA)
+    for x, y in zip(jax.tree.leaves(theta_a), jax.tree.leaves(theta_c)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows = open(os.path.splitext(c["out"])[0] + ".csv").read().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(6))   # b's history, then c's
+    assert checkpoint.read_checkpoint(c["out"])[4]["init"] == b["out"]
+    # θ only: fresh AdamW / PES from that θ, at the step it was trained to (meta_steps_done 3)
+    stripped = str(tmp_path / "stripped.npz")
+    checkpoint.strip_checkpoint(b["out"], stripped)
+    d = tiny_cfg(tmp_path / "d", meta_steps=4, init=stripped)
+    theta_d, _ = train.meta_train(d, log=quiet)
+    _, _, _, state, _ = checkpoint.read_checkpoint(d["out"])
+    assert int(state["step"]) == 4 and int(state["opt"]["0"]) == 1   # one AdamW step, from 0
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(theta_c),
+                                                         jax.tree.leaves(theta_d)))
+    with pytest.raises(train.ConfigError, match="already"):
+        train.meta_train(tiny_cfg(tmp_path / "e", meta_steps=3, init=b["out"]), log=quiet)
+
+
+def test_recipe_settings_must_name_a_setting(monkeypatch):
+    """Recipes name train.py's settings by string (mup.TRAIN_SETTINGS, local_sgd.TRAIN_SETTINGS):
+    every registered one is valid, and a typo is one ConfigError line that names it."""
+    train.check_recipes()                      # the registry as shipped
+    typo = registry.Recipe(lambda task: None, settings=(("meta_lr", 1e-3), ("meta_rl", 1e-3)))
+    with pytest.raises(train.ConfigError, match="'typo' sets unknown setting.*meta_rl") as e:
+        train.check_recipes({"typo": typo})
+    assert "\n" not in str(e.value)
+    monkeypatch.setitem(registry.OPTIMIZERS, "typo", typo)
+    with pytest.raises(train.ConfigError, match="meta_rl"):
+        train.resolve({"opt": "small_fc_lopt"})
+    assert train.main(["--opt", "typo", "--meta-steps", "1"]) == 2

@@ -157,8 +157,8 @@ def test_six_updates_match_reference(velo_oracle):
 # ----------------------------------------------------------------------------- structure
 
 def test_paper_size_parameter_count():
-    """Released VeLO: 2,320,385 reference meta-parameters (REFERENCE.md), of which 15,872 (the
-    overwritten first mix layer) and 256·5 (the bank's unused third output) are dead."""
+    """Released VeLO: 2,320,385 reference meta-parameters (google/learned_optimization), of which
+    15,872 (the overwritten first mix layer) and 256·5 (the bank's unused third output) are dead."""
     assert velo.reference_param_count(512, 256) == 2_320_385
     assert velo.dead_param_count(512, 256) == 15_872 + 1_280
     shapes = jax.eval_shape(lambda k: velo.init_meta_params(k, 512, 256), jax.random.PRNGKey(0))
