@@ -5,7 +5,7 @@ Moudgil et al., "Celo: Training Versatile Learned Optimizers on a Compute Diet",
 (training progress, loss EMAs) scales the step of a tiny MLP applied to every parameter:
     Δp = λ1 · d · exp(λ2 · m) · rms(p) · η_t,   η_t = α · exp(o_t),   p ← p − Δp
 The two parts are meta-trained in two stages (§3 "Decoupled training"): stage 1 trains θ["rule"]
-with η ≡ 1, stage 2 freezes it and trains θ["scheduler"]. Follows small_fc_lopt's contract.
+with η ≡ 1, stage 2 freezes it and trains θ["scheduler"]. Follows lopt.py's contract.
 
 θ layout (nested dict of float32 arrays; the reference's dead parameters are not kept):
     θ["rule"]       per-parameter MLP 30 → 4 → ReLU → 4 → ReLU → 2 (d, m):
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp,
-                           init_mlp_with_direction, lstm_step, per_parameter_mlp)
+from lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, init_mlp_with_direction,
+                  lstm_step, map_tensors, per_parameter_mlp)
 
 # Fixed scalars of Algorithm 1 (Celo, arXiv 2501.12670, Alg. 1 line 2) and the reference code
 # (amoudgl/celo).
@@ -47,7 +47,7 @@ LSTM_HIDDEN = 64          # scheduler LSTM width (the published θ; reference de
 NUM_RULE_INPUTS = features.NUM_VELO_FEATURES                                  # 30
 NUM_SCHEDULER_INPUTS = len(features.PROGRESS_SHIFTS) + acc.NUM_LOSS_EMAS - 1  # 9 + 9 = 18
 # Ours: the rule starts as a relative-step Adam, d = RULE_INIT_SCALE · n(m_0.9/√v), i.e. steps of
-# 1e-3·10 = 1% of the tensor's RMS (small_fc_lopt.init_mlp_with_direction). Untrained, it scores
+# 1e-3·10 = 1% of the tensor's RMS (lopt.init_mlp_with_direction). Untrained, it scores
 # 0.47 / 0.77 / 0.81 / 0.57 (median, quick suite, 500 steps) at scales 2 / 5 / 10 / 20; from the
 # paper's random init ("random"), 7,000 CPU meta-steps reached only 0.2 there (README, Celo).
 RULE_INIT = "adam"
@@ -157,7 +157,7 @@ def learning_rate(theta, state, loss):
 def rule_outputs(rule, p, g, tensor_state):
     """[d, m] = f_mlp(F) (Celo Alg. 1 lines 10–11): the 30 features (features.VELO_GROUPS) of the
     *updated* accumulators, each normalized over the tensor by rsqrt(1e-5 + mean x²) (folded
-    into the first layer; small_fc_lopt.per_parameter_mlp, shared with VeLO)."""
+    into the first layer; lopt.per_parameter_mlp, shared with VeLO)."""
     return per_parameter_mlp(rule, p, g, tensor_state, features.VELO_GROUPS, 0.0)[:2]
 
 
@@ -180,21 +180,17 @@ def step(theta, state, params, grads, loss, use_scheduler=True):
         eta, h, c = _scheduler_step(theta, state, loss_ema)         # Celo Alg. 1 lines 4–7
     else:
         eta, h, c = jnp.float32(1.0), state.lstm_h, state.lstm_c    # stage 1: η ≡ 1
-    leaves, treedef = jax.tree.flatten(params)
-    grad_leaves = treedef.flatten_up_to(grads)
-    acc_leaves = treedef.flatten_up_to(state.acc)
-    updates, new_acc = [], []
-    for p, g, s in zip(leaves, grad_leaves, acc_leaves):  # trace-time loop over tensors (line 9)
+
+    def tensor(p, g, s):                                             # Celo Alg. 1 line 9
         s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,   # Celo Alg. 1 line 3:
                               acc.ADAFACTOR_DECAYS)                        # fixed decays
         d, m = rule_outputs(theta["rule"], p, g, s)
         # Celo Alg. 1 lines 12–13 (Eq. (2) times the tensor RMS, see param_scale, times η_t)
         delta = STEP_MULT * d * jnp.exp(EXP_MULT * m) * (param_scale(p) * eta)
-        updates.append(-delta.reshape(p.shape))                      # Celo Alg. 1 line 14
-        new_acc.append(s)
-    new_state = State(treedef.unflatten(new_acc), loss_ema, h, c, eta,
-                      state.step + 1, state.num_steps)
-    return treedef.unflatten(updates), new_state
+        return -delta.reshape(p.shape), s                            # Celo Alg. 1 line 14
+
+    updates, new_acc = map_tensors(tensor, params, grads, state.acc)
+    return updates, State(new_acc, loss_ema, h, c, eta, state.step + 1, state.num_steps)
 
 
 # ----------------------------------------------------------------------------- the contract

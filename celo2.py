@@ -19,8 +19,8 @@ import optax
 
 import accumulators as acc
 import features
-from small_fc_lopt import (LearnedOptimizer, init_mlp, init_mlp_with_direction,
-                           per_parameter_mlp)
+from lopt import (LearnedOptimizer, init_mlp, init_mlp_with_direction, map_tensors,
+                  per_parameter_mlp)
 
 # Structure (static). Celo2 model cards: one MLP with 2 hidden layers of 8 units.
 HIDDEN = 8
@@ -107,7 +107,7 @@ def default_labels(params, harness=True):
 
 def rule_direction(rule, p, g, s):
     """d = f_mlp(features): Celo's 30 per-parameter inputs, each normalized over the tensor
-    (small_fc_lopt.per_parameter_mlp), through the MLP; then normalized to unit RMS."""
+    (lopt.per_parameter_mlp), through the MLP; then normalized to unit RMS."""
     return unit_rms(per_parameter_mlp(rule, p, g, s, GROUPS, 0.0)[0].reshape(p.shape))
 
 
@@ -163,12 +163,11 @@ def scale_by_celo2(theta, orthogonalize=True, labels=None):
         del extra
         if params is None:
             raise ValueError("celo2 needs the current params: call tx.update(grads, state, params)")
-        leaves, treedef = jax.tree.flatten(params)
-        lab = treedef.flatten_up_to(labels_of(params))
-        out = [_update_tensor(theta["rule"], l, p, g, s, state.count) for l, p, g, s in
-               zip(lab, leaves, treedef.flatten_up_to(grads), state.tensors)]  # trace-time loop
-        return (treedef.unflatten([u for u, _ in out]),
-                ScaleState(tuple(s for _, s in out), state.count + 1))
+        treedef = jax.tree.structure(params)
+        updates, tensors = map_tensors(
+            lambda p, g, l, s: _update_tensor(theta["rule"], l, p, g, s, state.count),
+            params, grads, labels_of(params), treedef.unflatten(state.tensors))
+        return updates, ScaleState(tuple(treedef.flatten_up_to(tensors)), state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -7,7 +7,7 @@ transformer LMs (tasks.byte_lm on The Devil's Dictionary) of growing size, each 
 rate chosen on the smallest LM, against AdamW and Muon tuned the same way (the same "tune small,
 run big" protocol for every contender):
 
-    python celo2_experiments.py [--quick] [--sizes 24x1,64x2,96x3,128x4] [--steps T] [--seeds S]
+    python celo2_experiments.py [--quick] [--sizes 16x1,48x1,96x2,160x2] [--steps T] [--seeds S]
                                 [--contenders celo2,celo2_base,adamw,muon] [--theta-init]
                                 [--constant-baselines] [--out DIR]
 
@@ -16,6 +16,8 @@ final loss (evaluate.pick_best, as evaluate.py tunes Adam); that lr at every siz
 metrics.final_training_loss (EMA 0.9, last 10 steps), mean over seeds; advantage of X over AdamW
 = L_adamw / L_X (Celo Eq. (11) with the reused AdamW as reference). Writes OUT/results.json,
 OUT/table.md, OUT/loss_vs_steps.png and OUT/final_loss_vs_params.png (--quick: OUT/quick/).
+The full run takes ≈ 20 min on 2 CPU cores, ≈ 12 of them compiling (1–2 min per size and learned
+contender); a rerun with new checkpoints reuses the compilations (runs/jax_cache: θ is an argument).
 """
 import argparse
 import json
@@ -37,8 +39,8 @@ from checkpoint import CheckpointError, load_checkpoint
 # ----------------------------------------------------------------------------- settings
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "celo2"   # --out: results.json, table.md, the two plots
-SIZES = ((24, 1), (64, 2), (96, 3), (128, 4))  # --sizes: (embed, layers) of each LM, 20K → 861K
-                                   # parameters (43×); the smallest is where every lr is tuned
+SIZES = ((16, 1), (48, 1), (96, 2), (160, 2))  # --sizes: (embed, layers) of each LM: 12,016 →
+                                   # 703,616 parameters (59×); every lr is tuned on the smallest
 MLP_RATIO = 4                      # hidden = 4 · embed (GPT-2's; the meta-training family's is 2)
 HEADS = 2                          # attention heads at every size (the meta-training family's)
 CONTEXT = 16                       # bytes per sequence
@@ -49,6 +51,7 @@ LRS = evaluate.ADAM_LRS            # the lr grid every contender is tuned over (
 CONTENDERS = ("celo2", "celo2_base", "adamw", "muon")   # --contenders (adamw is the reference)
 LEARNED = tuple(evaluate.LR_OPTIMIZERS)                 # celo2, celo2_base: θ from CHECKPOINTS
 CHECKPOINTS = {n: ROOT / "checkpoints" / f"{n}.npz" for n in LEARNED}
+COMPILE_CACHE_DIR = evaluate.COMPILE_CACHE_DIR     # persistent XLA cache of full runs (not --quick)
 BASELINE_COSINE = True             # --constant-baselines: False. AdamW and Muon decay their lr by
                                    # celo2.cosine_schedule over the run, as celo2 does by default,
                                    # so the comparison is of update rules, not of schedules
@@ -259,7 +262,8 @@ def parse_sizes(text):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 tiny LMs, a few steps (smoke test)")
-    p.add_argument("--sizes", help="EMBEDxLAYERS,... (default: 24x1,64x2,96x3,128x4)")
+    p.add_argument("--sizes", help="EMBEDxLAYERS,... (default: "
+                   + ",".join(f"{e}x{l}" for e, l in SIZES) + ")")
     p.add_argument("--steps", type=int)
     p.add_argument("--seeds", type=int)
     p.add_argument("--contenders", help=f"comma-separated, from {','.join(CONTENDERS)}")
@@ -295,6 +299,9 @@ def main(argv=None):
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if COMPILE_CACHE_DIR and not a.quick:  # a rerun (e.g. with new θ) skips XLA compilation
+        jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE_DIR))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     out_dir = Path(cfg["out"])
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()

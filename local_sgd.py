@@ -21,7 +21,7 @@ more columns normalized like the others.
 The output form is ours (the paper's is not in our materials): a learned residual on a nominal
 server update (Harrison et al. 2022 add such a "nominal" term to learned optimizers), SlowMo(α0,
 β0) = SlowMo(1, 0.8), in units of the tensor's rms(u), so the update is scale-equivariant. The MLP
-starts with d ≡ 0 (small_fc_lopt.init_mlp_with_direction with gain 0 on n(u)): a fresh θ *is*
+starts with d ≡ 0 (lopt.init_mlp_with_direction with gain 0 on n(u)): a fresh θ *is*
 SlowMo(1, 0.8), and scaling the nominal step, d = s·n(u) ⇒ θ ← θ − (1 + λ1·s)·u (as n(u) ≈
 u/rms(u)), is one weight away. Why: our first version was a residual on plain averaging (a zero MLP
 = local SGD); after 130 meta-steps it beat tuned local SGD but lost to tuned SlowMo on every task
@@ -52,6 +52,7 @@ import features
 import pes
 import small_fc_lopt
 import tasks
+from lopt import LearnedOptimizer, apply_mlp, init_mlp_with_direction
 
 NUM_WORKERS = 8             # K (Joseph et al. 2023's main setting)
 LOCAL_STEPS = (4, 8, 16)    # H evaluated (Joseph et al. 2023)
@@ -80,21 +81,22 @@ META_DATASET = "fashion_mnist_8x8"
 # ----------------------------------------------------------------------------- the record
 
 class GlobalUpdate(NamedTuple):
-    """A server update in the learned-optimizer contract (small_fc_lopt's module docstring):
+    """A server update in the learned-optimizer contract (lopt.py's module docstring): the fields
+    of lopt.LearnedOptimizer, in its order, plus `all_deltas`.
     init_meta_params(key) -> θ;  init(θ, params, num_rounds) -> state;
     step(θ, state, params, grads, loss) -> (updates, state), updates added to params.
     `grads` is the round's pseudo-gradient −Δ̄, or, when `all_deltas`, the K workers' −Δ_k
-    stacked on a leading axis. For the baselines θ holds their hyper-parameters."""
+    stacked on a leading axis. For the baselines θ holds their hyper-parameters.
+    A record of its own because a NamedTuple cannot gain a field by subclassing, and
+    `all_deltas` (what the round feeds the step) means nothing to a per-step optimizer."""
     name: str
     init_meta_params: Callable[..., Any]
     init: Callable[..., Any]
     step: Callable[..., Any]
-    all_deltas: bool = False
     needs_loss: bool = False
+    all_deltas: bool = False
 
-    def optimizer(self, theta, num_steps):
-        """As an optax transformation on pseudo-gradients (e.g. an outer optimizer elsewhere)."""
-        return small_fc_lopt.as_optax(self, theta, num_steps)
+    optimizer = LearnedOptimizer.optimizer   # as optax on pseudo-gradients (lopt.as_optax)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -144,7 +146,7 @@ def init_meta_params(key, num_workers=0, hidden=HIDDEN, hidden_layers=HIDDEN_LAY
     accumulator decay offsets of small_fc_lopt."""
     inputs = U_COLUMN + 1 + num_workers + len(features.TIME_SCALES)
     sizes = (inputs,) + (hidden,) * hidden_layers + (2,)
-    mlp = small_fc_lopt.init_mlp_with_direction(key, sizes, U_COLUMN, DIRECTION_INIT)
+    mlp = init_mlp_with_direction(key, sizes, U_COLUMN, DIRECTION_INIT)
     return {"mlp": mlp, **small_fc_lopt.init_decay_offsets()}
 
 
@@ -174,7 +176,7 @@ def mlp_outputs(mlp, p, g, s, u, worker_g, time):
     """(*S, 2) outputs [d, m] for one tensor: small_fc_lopt's 28 features of (p, g, accumulators
     s), n(u), and LAgg's K worker pseudo-gradients (leading axis K) sorted per entry (order
     statistics: invariant to worker labels), each column normalized over the tensor
-    (features.scales, folded into the first layer by small_fc_lopt.apply_mlp), plus the 11 time
+    (features.scales, folded into the first layer by lopt.apply_mlp), plus the 11 time
     features as a bias. apply_mlp (one (…, C) @ (C, 32) matmul), not the planar
     mlp_on_columns: at width 32 the matmul is 2× faster on CPU (measured on 16×128×128 entries:
     0.12 s vs 0.24 s)."""
@@ -183,7 +185,7 @@ def mlp_outputs(mlp, p, g, s, u, worker_g, time):
     if worker_g is not None:
         cols = append_columns(cols, sort_workers([worker_g[k] for k in range(worker_g.shape[0])]))
     time_bias = time @ mlp["w0"][cols.num:]          # time features: equal for all entries
-    return small_fc_lopt.apply_mlp(mlp, features.stack(cols), features.scales(cols), time_bias)
+    return apply_mlp(mlp, features.stack(cols), features.scales(cols), time_bias)
 
 
 def learned_step(theta, state, params, grads, loss=None, all_deltas=False,

@@ -34,7 +34,7 @@ import optax
 import small_fc_lopt
 import tasks
 import velo
-from small_fc_lopt import LearnedOptimizer
+from lopt import LearnedOptimizer
 
 # ----------------------------------------------------------------------------- constants
 INIT_TRUNCATION = tasks.INIT_TRUNCATION  # ±2σ: the μLO code's truncated normal, no variance fix

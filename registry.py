@@ -33,7 +33,7 @@ class Stage(NamedTuple):
 
 class Recipe(NamedTuple):
     """A registered learned optimizer: how to build it for a task, and how to meta-train it."""
-    build: Callable            # (task, **stage.build_kwargs) -> small_fc_lopt.LearnedOptimizer
+    build: Callable            # (task, **stage.build_kwargs) -> lopt.LearnedOptimizer
     settings: Any = ()         # overrides of train.py's settings block: ((name, value), ...)
     stages: Any = (Stage(),)
     task_transform: Callable = lambda task: task   # e.g. μP re-parametrization (mup.py)

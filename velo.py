@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from small_fc_lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp,
-                           init_mlp_with_direction, lstm_step, per_parameter_mlp)
+from lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, init_mlp_with_direction,
+                  lstm_step, map_tensors, per_parameter_mlp)
 
 STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
 EXP_MULT = 1e-3        # λ2 (μLO Eq. (9); reference exp_mult)
@@ -156,7 +156,7 @@ def mlp_outputs(mlp, p, g, state):
     """[d, m] for every entry of one tensor (planes of shape p.shape, (1,) for a scalar): the 30
     features of μLO Table 3 → per-column normalization → the tensor's mixed MLP (VeLO App. B.4).
 
-    Per-parameter cost dominates (VeLO App. B.7), so this is small_fc_lopt.per_parameter_mlp,
+    Per-parameter cost dominates (VeLO App. B.7), so this is lopt.per_parameter_mlp,
     shared with small_fc_lopt and Celo: normalization folded into the first layer, Adafactor
     row/column features kept at their reduced shape, the 4-wide MLP unrolled into elementwise
     multiply-adds that XLA fuses; the (*S, 30) feature matrix is never written."""
@@ -211,17 +211,15 @@ def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MU
     x = lstm_inputs(state, params, loss_state)
     controls, lr_mult, h, c = lstm_forward(theta, x, state.lstm_h, state.lstm_c)
     mixed = mix_bank(theta["bank"], controls)
-    leaves, treedef = jax.tree.flatten(params)
-    grad_leaves = treedef.flatten_up_to(grads)
-    acc_leaves = treedef.flatten_up_to(state.acc)
-    updates, new_acc = [], []
-    for i, (p, g, s) in enumerate(zip(leaves, grad_leaves, acc_leaves)):  # trace-time loop
+
+    def tensor(p, g, s, i):                                   # i: the tensor's row of X
         s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS, acc.ADAFACTOR_DECAYS)
         mlp = jax.tree.map(lambda w: w[i], mixed)
-        updates.append(tensor_step(mlp, lr_mult[i], p, g, s, step_mult, exp_mult))
-        new_acc.append(s)
-    return (treedef.unflatten(updates),
-            State(treedef.unflatten(new_acc), h, c, loss_state, state.step + 1, state.num_steps))
+        return tensor_step(mlp, lr_mult[i], p, g, s, step_mult, exp_mult), s
+
+    index = jax.tree.unflatten(jax.tree.structure(params), list(range(x.shape[0])))
+    updates, new_acc = map_tensors(tensor, params, grads, state.acc, index)
+    return updates, State(new_acc, h, c, loss_state, state.step + 1, state.num_steps)
 
 
 def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,

@@ -13,11 +13,12 @@ import numpy as np
 import optax
 import pytest
 
+import accumulators as acc
 import celo
 import checkpoint
 import convert_celo_weights as convert
 import features
-import small_fc_lopt as sfl
+import lopt
 from conftest import ROOT
 
 CHECKPOINT = os.path.join(ROOT, "checkpoints", "celo_paper.npz")
@@ -167,9 +168,9 @@ def test_parameter_count_formula():
     rule = 30 * 4 + 4 + 4 * 4 + 4 + 4 * 2 + 2                 # 30 → 4 → 4 → 2
     scheduler = 2 * (18 * 64 + 64) + (128 * 256 + 256) + (64 + 1) + 2 * 64
     theta = jax.eval_shape(celo.init_meta_params, jax.random.PRNGKey(0))
-    assert sfl.count_params(theta["rule"]) == rule == 154
-    assert sfl.count_params(theta["scheduler"]) == scheduler == 35649
-    assert sfl.count_params(theta) == celo.num_meta_params() == 35803
+    assert lopt.count_params(theta["rule"]) == rule == 154
+    assert lopt.count_params(theta["scheduler"]) == scheduler == 35649
+    assert lopt.count_params(theta) == celo.num_meta_params() == 35803
     for hidden, layers, lstm in [(8, 3, 16), (4, 1, 32)]:
         init = functools.partial(celo.init_meta_params, hidden=hidden, hidden_layers=layers,
                                  lstm_hidden=lstm)
@@ -177,7 +178,7 @@ def test_parameter_count_formula():
         widths = [30] + [hidden] * layers + [2]
         expect = (sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
                   + 2 * (18 * lstm + lstm) + 2 * lstm * 4 * lstm + 4 * lstm + lstm + 1 + 2 * lstm)
-        assert sfl.count_params(theta) == celo.num_meta_params(hidden, layers, lstm) == expect
+        assert lopt.count_params(theta) == celo.num_meta_params(hidden, layers, lstm) == expect
 
 
 def test_paper_checkpoint_has_our_layout_and_licence(paper_theta):
@@ -218,11 +219,11 @@ def test_default_rule_starts_as_relative_adam():
     rng = np.random.RandomState(5)
     for shape in [(20, 30), (7,)]:
         p = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        s = sfl.acc.init_tensor(p)
+        s = acc.init_tensor(p)
         for i in range(3):
             g = jnp.asarray(rng.normal(size=shape), jnp.float32)
-            s = sfl.acc.update_tensor(s, g, sfl.acc.MOMENTUM_DECAYS, sfl.acc.RMS_DECAYS,
-                                      sfl.acc.ADAFACTOR_DECAYS)
+            s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,
+                                      acc.ADAFACTOR_DECAYS)
         x = np.asarray(s.m[..., 0] / np.sqrt(np.asarray(s.rms[..., 0]) + features.RMS_EPS),
                        np.float64)
         d, m = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
@@ -243,19 +244,19 @@ def rule_and_oracle(rule, params, grads):
     """(ours, oracle) per tensor, after three accumulator updates, in one compiled call."""
     out = {}
     for n, p in params.items():
-        s = sfl.acc.init_tensor(p)
+        s = acc.init_tensor(p)
         for i in range(3):
             g = grads[n] * (i + 1.0)
-            s = sfl.acc.update_tensor(s, g, sfl.acc.MOMENTUM_DECAYS, sfl.acc.RMS_DECAYS,
-                                      sfl.acc.ADAFACTOR_DECAYS)
+            s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,
+                                      acc.ADAFACTOR_DECAYS)
         x = features.velo_features(p, g, s)
         out[n] = (jnp.stack(celo.rule_outputs(rule, p, g, s), -1),
-                  sfl.apply_mlp(rule, x, features.column_scale(x)))
+                  lopt.apply_mlp(rule, x, features.column_scale(x)))
     return out
 
 
 def test_rule_equals_apply_mlp_on_normalized_features():
-    """Our one-pass normalization and column-wise first layer = small_fc_lopt.apply_mlp applied
+    """Our one-pass normalization and column-wise first layer = lopt.apply_mlp applied
     to features.column_scale-normalized features (the plain form), for a 3-d and a scalar tensor
     (matrices and vectors: the parity tests)."""
     rng = np.random.RandomState(2)
@@ -361,19 +362,6 @@ def test_stage1_uses_eta_one_and_ignores_the_scheduler(paper_theta):
 
 # ----------------------------------------------------------------------------- contract and JAX
 
-def test_optax_wrapper_agrees_with_raw_step(paper_theta):
-    params, grads = readme_problem()
-    tx, update = paper_optax()
-    opt_state, raw_state = tx.init(params), celo.init(paper_theta, params, 300)
-    for i in range(3):
-        loss = jnp.float32(2.0 - 0.1 * i)
-        u1, opt_state = update(grads, opt_state, params, value=loss)
-        u2, raw_state = STEP(paper_theta, raw_state, params, grads, loss)
-        for a, b in zip(jax.tree.leaves((u1, opt_state)), jax.tree.leaves((u2, raw_state))):
-            np.testing.assert_array_equal(a, b)
-        params = optax.apply_updates(params, u1)
-
-
 def test_missing_loss_is_a_clear_error(paper_theta):
     params, grads = readme_problem()
     tx = celo.optimizer(paper_theta, num_steps=10)
@@ -381,21 +369,9 @@ def test_missing_loss_is_a_clear_error(paper_theta):
         tx.update(grads, tx.init(params), params)
 
 
-def test_scan_equals_python_loop(paper_theta):
-    """The first updates of run_schedule's lax.scan, redone with a Python loop of jitted steps."""
-    eta, _, _, _, dw = schedule_run(0.0)
-    params, grads = readme_problem()
-    losses = readme_losses(0.0)
-    state = celo.init(paper_theta, params, 1000)
-    for t in range(5):
-        updates, state = STEP(paper_theta, state, params, grads, losses[t])
-        params = optax.apply_updates(params, updates)
-        np.testing.assert_allclose(updates["w"], dw[t], rtol=1e-5, atol=1e-10)
-        np.testing.assert_allclose(state.eta, eta[t], rtol=1e-6)
-
-
-def test_random_theta_gives_finite_updates_and_compiles_once():
-    """New θ values, states, grads and losses of the same shapes never recompile."""
+def test_random_theta_gives_finite_updates_on_odd_tensors():
+    """Finite updates and η > 0 from θ far from its init, on a 3-D, a scalar and an all-zero
+    tensor, with gradients from 1 to 1e3 (one compilation: tests/test_contract.py)."""
     rng = np.random.RandomState(11)
     params = dict(OTHER_PARAMS, k=jnp.asarray(rng.normal(size=(4, 2, 3)), jnp.float32))
     for seed in range(3):
@@ -405,12 +381,9 @@ def test_random_theta_gives_finite_updates_and_compiles_once():
             grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 10.0 ** i,
                                                        jnp.float32), params)
             updates, state = STEP(theta, state, params, grads, jnp.float32(10.0 ** (3 - 2 * i)))
-            if seed == i == 0:
-                traces = len(TRACES)
             assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
             assert bool(jnp.isfinite(state.eta)) and float(state.eta) > 0
             params = optax.apply_updates(params, updates)
-    assert len(TRACES) == traces
 
 
 def test_paper_theta_trains_a_least_squares_problem():
@@ -473,7 +446,7 @@ def test_converter_keeps_numeric_group_order_and_drops_dead_parts():
     np.testing.assert_array_equal(s["c0"], ref["lstm_init_state/cell"][0])
     total = sum(v.size for v in ref.values())
     assert total == 37089 and convert.dead_count(ref) == 1286
-    assert sfl.count_params(theta) == total - 1286
+    assert lopt.count_params(theta) == total - 1286
     del ref["ff_mod_stack/~/w0__7"]
     with pytest.raises(ValueError, match="w0__0..w0__12"):
         convert.convert(ref)

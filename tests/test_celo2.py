@@ -1,5 +1,5 @@
 """celo2.py: unit-RMS normalization, Newton–Schulz, harness routing (vs optax.adamw), the fresh
-θ as a hand-designed optimizer, optax chain = contract step, JAX hygiene, short meta-training."""
+θ as a hand-designed optimizer, optax chain = contract step, short meta-training."""
 import os
 
 import jax
@@ -14,7 +14,6 @@ import registry
 import train
 
 SHAPES = [(), (7,), (5, 3), (3, 9), (16, 16), (2, 3, 4), (3, 3, 2, 4)]
-TRACES = []
 
 
 def _rms(x):
@@ -135,61 +134,23 @@ def test_zero_tensor_moves_by_the_learning_rate():
 
 # ----------------------------------------------------------------------------- contract, JAX
 
-def _step(theta, state, params, grads):
-    TRACES.append(1)
-    return celo2.step(theta, state, params, grads)
-
-
-STEP = jax.jit(_step)
-
-
 def test_optax_chain_equals_contract_step_and_cosine_schedule():
     rng = np.random.RandomState(6)
     params = random_tree(rng)
     theta = noisy_theta(jax.random.PRNGKey(2), rng)
     n = 7
     tx = celo2.optimizer(theta, num_steps=n)                  # the default, untuned use
-    wrapped = registry.OPTIMIZERS["celo2"].build(None).optimizer(theta, n)   # as evaluate.py runs it
-    s_tx, s_raw, s_wrap = tx.init(params), celo2.init(theta, params, n), wrapped.init(params)
+    s_tx, s_raw = tx.init(params), celo2.init(theta, params, n)
     for t in range(n + 2):
         grads = random_tree(rng)
         u1, s_tx = tx.update(grads, s_tx, params)
         u2, s_raw = celo2.step(theta, s_raw, params, grads)
-        u3, s_wrap = wrapped.update(grads, s_wrap, params, value=jnp.float32(1.0))
-        for a, b, c in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), jax.tree.leaves(u3)):
+        for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
             np.testing.assert_array_equal(a, b)
-            np.testing.assert_array_equal(a, c)
         lr = celo2.LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * min(t / n, 1.0)))
         u = u1["t3"]   # a 2-D hidden weight: RMS = lr_t exactly
         assert abs(_rms(u) - lr) <= 1e-6 + 1e-4 * lr, (t, _rms(u), lr)
         params = optax.apply_updates(params, u1)
-
-
-def test_scan_equals_python_loop_and_compiles_once():
-    rng = np.random.RandomState(7)
-    params0 = random_tree(rng)
-    grads = [random_tree(rng) for _ in range(4)]
-    stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
-    traces = None
-    for seed in range(2):
-        theta = noisy_theta(jax.random.PRNGKey(seed), rng)
-        params, state = params0, celo2.init(theta, params0, 10)
-        for i, g in enumerate(grads):
-            u, state = STEP(theta, state, params, g)
-            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
-            params = optax.apply_updates(params, u)
-            if traces is None:
-                traces = len(TRACES)
-
-        def body(carry, g):
-            p, s = carry
-            u, s = celo2.step(theta, s, p, g)
-            return (optax.apply_updates(p, u), s), None
-
-        (scanned, _), _ = jax.lax.scan(body, (params0, celo2.init(theta, params0, 10)), stacked)
-        for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(params)):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert len(TRACES) == traces
 
 
 def test_default_learning_rate_trains_a_small_mlp_untuned():

@@ -9,7 +9,7 @@ import accumulators as acc
 import features
 import velo
 from conftest import rel_col_err
-from small_fc_lopt import apply_mlp, count_params
+from lopt import apply_mlp, count_params
 
 NAMES = ("bias", "kernel3d", "scale", "weight")
 MIXED_LEAVES = ("b0", "w1", "b1", "w2", "b2")
@@ -271,12 +271,10 @@ def test_column_mlp_equals_plain_mlp():
 
 TINY = velo.learned_optimizer("tiny")
 tiny_theta = jax.jit(TINY.init_meta_params)
-TRACES = []
 
 
 @jax.jit
 def STEP(theta, state, params, grads, loss):   # one compilation for every test on _problem()
-    TRACES.append(1)
     return velo.step(theta, state, params, grads, loss)
 
 
@@ -320,26 +318,6 @@ def test_optax_wrapper_agrees_with_raw_step():
         params = optax.apply_updates(params, u1)
     with pytest.raises(ValueError, match="reads the training loss"):
         tx.update(grads, opt_state, params)
-
-
-def test_random_theta_gives_finite_updates_and_compiles_once():
-    params, grads = _problem()
-    traces_before = None
-    for seed in range(3):
-        # freshly initialized θ with a PES-sized perturbation (σ = 0.01). Far larger ones (0.5)
-        # overflow exp(λ2·m): the ×100/K mixing makes an untrained MLP's outputs huge, as in
-        # the reference (oracle README: |mlp_out| up to 4e3 with a random bank).
-        rng = np.random.RandomState(seed)
-        theta = jax.tree.map(lambda x: x + 0.01 * rng.normal(size=x.shape).astype(np.float32),
-                             tiny_theta(jax.random.PRNGKey(seed)))
-        state = TINY.init(theta, params, 50 + seed)    # num_steps sits in the state: no retrace
-        for t in range(3):
-            updates, state = STEP(theta, state, params, grads, jnp.float32(1.0 + t))
-            traces_before = traces_before or len(TRACES)
-            assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
-            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
-            params = optax.apply_updates(params, updates)
-    assert len(TRACES) == traces_before
 
 
 def test_lstm_state_is_carried_and_starts_from_theta():
