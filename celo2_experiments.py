@@ -136,8 +136,9 @@ def format_table(res, cfg):
     theta = ", ".join(f"{n}: {cfg['theta_source'][n]}" for n in names if n in LEARNED)
     lines = [f"Celo2 scale-up: byte-level LM on The Devil's Dictionary (context {CONTEXT}, batch "
              f"{BATCH_SIZE}, MLP {MLP_RATIO}×, {HEADS} heads), {cfg['steps']} steps, "
-             f"{cfg['seeds']} seeds. One lr per contender, tuned on the smallest LM "
-             f"({small['embed']} × {small['layers']}, {small['params']:,} params) and reused: "
+             f"{cfg['seeds']} seed{'s' * (cfg['seeds'] > 1)}. One lr per contender, tuned on the "
+             f"smallest LM ({small['embed']} × {small['layers']}, {small['params']:,} params) and "
+             "reused: "
              + ", ".join(f"{n} {res['lrs'][n]:.3g}" + (" (grid edge)" if
                                                         res["lr_at_grid_edge"][n] else "")
                          for n in names)
@@ -208,6 +209,8 @@ def plot(res, cfg, out_dir):
         ax.errorbar(params, f.mean(1), yerr=[f.mean(1) - f.min(1), f.max(1) - f.mean(1)],
                     color=f"C{k}", marker="o", ms=4, capsize=2, label=n)
     ax.set_xscale("log")
+    ax.set_xticks(params, [f"{n:,}" for n in params], fontsize=7)
+    ax.minorticks_off()
     ax.set_xlabel("parameters")
     ax.set_ylabel("final training loss")
     ax.set_title(f"lr tuned at {params[0]:,} params, reused", fontsize=9)
@@ -305,7 +308,11 @@ def main(argv=None):
     out_dir = Path(cfg["out"])
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    res = run(cfg, thetas, log)
+    try:
+        res = run(cfg, thetas, log)
+    except evaluate.EvaluateError as e:   # e.g. a contender diverged at every lr of the grid
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     table = format_table(res, cfg)
     print()
     print(table)

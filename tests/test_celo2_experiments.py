@@ -20,7 +20,7 @@ def lm_params(embed, layers, context=cx.CONTEXT, ratio=cx.MLP_RATIO):
 
 def test_quick_end_to_end_writes_only_under_out(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    default = cx.OUT
+    default = cx.QUICK["out"]        # where --quick writes without --out
     before = sorted(default.rglob("*")) if default.exists() else None
     out = tmp_path / "out"
     assert cx.main(["--quick", "--theta-init", "--out", str(out)]) == 0

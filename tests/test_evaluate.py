@@ -129,7 +129,8 @@ def test_muon_baseline_tuned_cached_and_matches_optax_loop(tmp_path):
     assert set(both["baselines"]) == {"muon"}
 
 
-@pytest.mark.skipif("celo2" not in getattr(registry, "OPTIMIZERS", {}), reason="celo2 not registered")
+@pytest.mark.skipif("celo2" not in getattr(registry, "OPTIMIZERS", {}),
+                    reason="celo2 not registered")
 def test_tune_lr_picks_the_grid_lr_with_the_lowest_final_loss():
     """evaluate(celo2, tune_lr=True): one vmapped sweep over ADAM_LRS; the chosen lr's curve is a
     hand-run celo2.optimizer(θ, lr, T) loop, and its final loss is below its grid neighbour's."""
