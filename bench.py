@@ -29,7 +29,6 @@ import numpy as np
 import optax
 
 import pes
-import small_fc_lopt
 import registry
 import tasks
 import velo

@@ -43,7 +43,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path

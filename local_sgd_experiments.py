@@ -19,7 +19,6 @@ OUT/table.md; numbers: OUT/results.json.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path

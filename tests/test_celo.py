@@ -22,16 +22,8 @@ import lopt
 from conftest import ROOT
 
 CHECKPOINT = os.path.join(ROOT, "checkpoints", "celo_paper.npz")
-TRACES = []
-
-
-def _traced_step(*args, **kwargs):
-    TRACES.append(1)  # runs once per compilation
-    return celo.step(*args, **kwargs)
-
-
 # One compiled step shared by the tests (each compilation costs seconds on 2 shared cores).
-_STEP = jax.jit(_traced_step, static_argnames="use_scheduler")
+_STEP = jax.jit(celo.step, static_argnames="use_scheduler")
 
 
 def STEP(theta, state, params, grads, loss, use_scheduler=True):

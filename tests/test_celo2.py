@@ -8,7 +8,6 @@ import numpy as np
 import optax
 import pytest
 
-import accumulators as acc
 import celo2
 import registry
 import train
