@@ -1,6 +1,6 @@
 """bench.py: speed of the learned optimizers and of meta-training, as ratios taken in one run.
 
-    python bench.py [--json PATH] [--plots DIR] [--widths 256,1024,4096] [--skip pes]
+    python bench.py [--json PATH] [--plots DIR] [--widths 256,1024,4096] [--skip pes] [--device]
 
 It writes files only where --json and --plots say (by default none; it prints as it measures).
 
@@ -10,7 +10,15 @@ the median of each; the README's numbers are the ratios. Measured here:
     with each learned optimizer versus optax.adam, and optimizer-state bytes per parameter;
   * PES throughput: inner optimizee steps per second in the Celo meta-training configuration
     (64 particles = 32 antithetic pairs, truncation 50, MLP 64 → 32 → 10, batch 64), on 1 and
-    on 2 host devices (separate processes with XLA_FLAGS=--xla_force_host_platform_device_count);
+    on 2 host devices (separate processes with XLA_FLAGS=--xla_force_host_platform_device_count),
+    each device free to use every core ("pes_scaling_2dev"); and on 1, 2 (4 where there are 4
+    cores) devices with ONE thread per device ("pes_scaling_2dev_1thread" = throughput on 2 /
+    (2 × on 1)): the process pinned to as many cores as devices, XLA's thread pools sized to
+    the device count (PJRT_NPROC: XLA 0.10 has no per-device thread flag, and
+    `intra_op_parallelism_threads=1` in XLA_FLAGS is no flag: XLA stops parsing there) and
+    --xla_cpu_multi_thread_eigen=false, so 1 → 2 devices means 1 → 2 cores;
+    with --device, PES on the default backend's devices instead (a GPU run is one command:
+    `python bench.py --device --json PATH`): on one of them, and on all if there are several;
   * VeLO's cost model (VeLO App. B.7): the update alone (tx.update on fixed gradients) of the
     paper-size and small VeLO and of optax.adam on MLPs of 10^4 … 10^7 parameters at two depths,
     fitted by least squares to  t = a + b·(tensors) + c·(parameters)  and plotted.
@@ -38,6 +46,8 @@ IN_DIM, OUT_DIM = 784, 10
 REPEATS = 7          # timed rounds per contender (median reported)
 PES_PAIRS = 32       # 64 particles: Celo's 4 datasets × 8 tasks × an antithetic pair
 PES_TRUNCATIONS = 3  # timed truncations per round
+PES_TASK = "celo_fmnist_8x8"   # Celo's meta-training task (App. A.4)
+ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 
 
 def mlp_problem(width, key):
@@ -136,44 +146,109 @@ def bench_steps(widths, names=None):
     return results
 
 
-def pes_throughput(opt_name, augment="global"):
-    """Inner steps per second of PES in the Celo configuration on all visible devices."""
-    task = tasks.get_task("celo_fmnist_8x8")
+def pes_throughput(opt_name, augment="global", pairs=PES_PAIRS, truncation=pes.TRUNCATION,
+                   task_name=PES_TASK, devices=None):
+    """Inner steps per second of PES in the Celo configuration on `devices` (default: all)."""
+    devices = jax.devices() if devices is None else devices
+    task = tasks.get_task(task_name)
     r = registry.recipe(opt_name)
     lopt = r.build(task, **dict(r.stages[-1].build_kwargs))
     problem = registry.make_problem(task, lopt, augment)
-    cfg = pes.Config(PES_PAIRS, pes.TRUNCATION, pes.SIGMA, 100, 2000)
-    mesh = pes.make_mesh() if len(jax.devices()) > 1 else None
+    cfg = pes.Config(pairs, truncation, pes.SIGMA, max(100, truncation), 2000)
+    mesh = pes.make_mesh(devices) if len(devices) > 1 else None
     theta = lopt.init_meta_params(jax.random.PRNGKey(0))
     data = tasks.stack_data([task.data])
-    state = jax.jit(partial(pes.init, problem, cfg, mesh=mesh))(theta, {}, data, jax.random.PRNGKey(0))
-    grad = jax.jit(partial(pes.gradient, problem, cfg, mesh=mesh))
-    holder = {"state": state, "i": 0}
+    with jax.default_device(devices[0]):
+        state = jax.jit(partial(pes.init, problem, cfg, mesh=mesh))(theta, {}, data,
+                                                                     jax.random.PRNGKey(0))
+        grad = jax.jit(partial(pes.gradient, problem, cfg, mesh=mesh))
+        holder = {"state": state, "i": 0}
 
-    def call():
-        holder["i"] += 1
-        g, holder["state"], _ = grad(theta, {}, data, holder["state"], jax.random.PRNGKey(holder["i"]))
-        return g
+        def call():
+            holder["i"] += 1
+            g, holder["state"], _ = grad(theta, {}, data, holder["state"],
+                                         jax.random.PRNGKey(holder["i"]))
+            return g
 
-    seconds = interleaved([call], repeats=3, inner=PES_TRUNCATIONS)[0]
-    return PES_PAIRS * 2 * cfg.truncation / seconds
+        seconds = interleaved([call], repeats=3, inner=PES_TRUNCATIONS)[0]
+    return pairs * 2 * cfg.truncation / seconds
 
 
-def pes_scaling(opt_name):
-    """Run pes_throughput in fresh processes with 1 and 2 host devices."""
-    out = {}
+def _pes_worker_run(opt_name, n, size, one_thread):
+    """pes_throughput in a fresh process with n simulated host devices (the device count is fixed
+    at start-up); one_thread: pinned to n cores, XLA's pools sized n, no multi-threaded Eigen."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    argv = [__file__, "--pes-worker", opt_name, "--pes-pairs", str(size[0]),
+            "--pes-truncation", str(size[1]), "--pes-task", size[2]]
+    args = [sys.executable] + argv
+    if one_thread:
+        env["XLA_FLAGS"] += " " + ONE_THREAD_FLAGS
+        env["PJRT_NPROC"] = str(n)            # XLA's intra-op and dispatch pools: n threads
+        cores = sorted(os.sched_getaffinity(0))[:n]
+        # pinned before anything starts a thread (importing the project starts XLA's pools)
+        args = [sys.executable, "-c", f"import os, runpy, sys; os.sched_setaffinity(0, {cores}); "
+                f"sys.argv = {argv!r}; runpy.run_path({__file__!r}, run_name='__main__')"]
+    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def pes_scaling(opt_name, size=(PES_PAIRS, pes.TRUNCATION, PES_TASK)):
+    """Run pes_throughput in fresh processes with 1 and 2 host devices, every core shared."""
+    out = {n: _pes_worker_run(opt_name, n, size, one_thread=False) for n in (1, 2)}
     for n in (1, 2):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-                   JAX_PLATFORMS="cpu")
-        r = subprocess.run([sys.executable, __file__, "--pes-worker", opt_name], env=env,
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(r.stderr[-2000:])
-        out[n] = float(r.stdout.strip().splitlines()[-1])
         print(f"PES ({opt_name}, Celo configuration) on {n} host device(s): {out[n]:,.0f} inner steps/s",
               flush=True)
     return {"pes_opt": opt_name, "pes_inner_steps_per_s_1dev": out[1],
             "pes_inner_steps_per_s_2dev": out[2], "pes_scaling_2dev": out[2] / (2 * out[1])}
+
+
+def one_thread_counts():
+    """Device counts 1, 2, 4 that have a core each (4 only on ≥ 4 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    return [n for n in (1, 2, 4) if n <= cores]
+
+
+def pes_scaling_one_thread(opt_name, size=(PES_PAIRS, pes.TRUNCATION, PES_TASK)):
+    """PES throughput on 1, 2 (4) simulated devices with one thread and one core per device:
+    pes_scaling_{n}dev_1thread = throughput on n / (n × throughput on 1); 1 is ideal."""
+    counts = one_thread_counts()
+    if len(counts) < 2:
+        print("PES one thread per device: fewer than 2 cores here (or no CPU affinity), skipped")
+        return {}
+    out = {}
+    for n in counts:
+        out[n] = _pes_worker_run(opt_name, n, size, one_thread=True)
+        print(f"PES ({opt_name}) on {n} host device(s), one thread and core each: "
+              f"{out[n]:,.0f} inner steps/s", flush=True)
+    result = {f"pes_inner_steps_per_s_{n}dev_1thread": v for n, v in out.items()}
+    for n in counts[1:]:
+        result[f"pes_scaling_{n}dev_1thread"] = out[n] / (n * out[1])
+        print(f"scaling 1 → {n} devices, one thread each: "
+              f"{result[f'pes_scaling_{n}dev_1thread']:.2f} of ideal", flush=True)
+    return result
+
+
+def pes_scaling_device(opt_name, size=(PES_PAIRS, pes.TRUNCATION, PES_TASK)):
+    """--device: PES throughput on one device of the default backend, and on all if several."""
+    devices = jax.devices()
+    counts = [1] + ([len(devices)] if len(devices) > 1 else [])
+    result = {"pes_opt": opt_name, "pes_backend": jax.default_backend(),
+              "pes_device_kind": devices[0].device_kind}
+    for n in counts:
+        result[f"pes_inner_steps_per_s_{n}dev"] = pes_throughput(opt_name, pairs=size[0],
+                                                                 truncation=size[1],
+                                                                 task_name=size[2],
+                                                                 devices=devices[:n])
+        print(f"PES ({opt_name}) on {n} {devices[0].device_kind} device(s): "
+              f"{result[f'pes_inner_steps_per_s_{n}dev']:,.0f} inner steps/s", flush=True)
+    if len(counts) > 1:
+        n = counts[-1]
+        result[f"pes_scaling_{n}dev"] = (result[f"pes_inner_steps_per_s_{n}dev"]
+                                         / (n * result["pes_inner_steps_per_s_1dev"]))
+    return result
 
 
 # ----------------------------------------------------------------------------- VeLO cost model
@@ -263,13 +338,23 @@ def main(argv=None):
     parser.add_argument("--widths", default="256,1024,4096")
     parser.add_argument("--opts", default="", help="comma-separated learned optimizers (default all)")
     parser.add_argument("--pes-opt", default="celo", help="optimizer for the PES throughput")
-    parser.add_argument("--skip", default="", help="comma-separated: steps,pes,cost")
+    parser.add_argument("--skip", default="", help="comma-separated: steps, pes (all PES figures), "
+                        "pes_shared (1 → 2 devices sharing the cores), pes_1thread (one thread "
+                        "and core per device), cost")
+    parser.add_argument("--device", action="store_true",
+                        help="PES on the default backend's devices (e.g. GPUs), not on simulated "
+                             "CPU devices; the step and cost figures run on it in any case")
+    parser.add_argument("--pes-pairs", type=int, default=PES_PAIRS,
+                        help="antithetic pairs of the PES figures (a multiple of the device counts)")
+    parser.add_argument("--pes-truncation", type=int, default=pes.TRUNCATION)
+    parser.add_argument("--pes-task", default=PES_TASK, help="task of the PES figures")
     parser.add_argument("--plots", default="", metavar="DIR",
                         help="write velo_cost_model.png into this folder (default: no plot)")
     parser.add_argument("--pes-worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    size = (args.pes_pairs, args.pes_truncation, args.pes_task)
     if args.pes_worker:
-        print(pes_throughput(args.pes_worker))
+        print(pes_throughput(args.pes_worker, pairs=size[0], truncation=size[1], task_name=size[2]))
         return 0
     skip = set(filter(None, args.skip.split(",")))
     result = {"devices": str(jax.devices()), "cpu_count": os.cpu_count()}
@@ -290,10 +375,17 @@ def main(argv=None):
             result["step_ratio_vs_adamw"] = {k: row[f"{k}_ms"] / row["adamw_ms"]
                                              for k in ("celo2", "celo2_base") if f"{k}_ms" in row}
         result["step_ratio_width"] = int(at)
-    if "pes" not in skip:
-        name = args.pes_opt if args.pes_opt in registry.OPTIMIZERS else "small_fc_lopt"
-        result.update(pes_scaling(name))
-        print(f"scaling 1 → 2 devices: {result['pes_scaling_2dev']:.2f} of ideal")
+    name = args.pes_opt if args.pes_opt in registry.OPTIMIZERS else "small_fc_lopt"
+    if "pes" not in skip and args.device:
+        result.update(pes_scaling_device(name, size))
+    elif "pes" not in skip:
+        if "pes_shared" not in skip:
+            result.update(pes_scaling(name, size))
+            print(f"scaling 1 → 2 devices: {result['pes_scaling_2dev']:.2f} of ideal")
+        if "pes_1thread" not in skip:
+            result.update({"pes_opt": name, **pes_scaling_one_thread(name, size)})
+    if "pes" not in skip and size != (PES_PAIRS, pes.TRUNCATION, PES_TASK):
+        result["pes_size"] = {"pairs": size[0], "truncation": size[1], "task": size[2]}
     if "cost" not in skip:
         result["velo_cost_model"] = velo_cost_model(
             os.path.join(args.plots, "velo_cost_model.png") if args.plots else "")

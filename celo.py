@@ -39,6 +39,8 @@ OUT_BIAS_INIT = -float(jnp.log(ALPHA))  # ours: out.b = ln(1/α) at init, so a f
                           # with a CPU budget of a few thousand steps that gap would not close.
 GRAD_CLIP = 1000.0        # g ← clip(g, ±1000) before everything (reference, amoudgl/celo)
 PARAM_SCALE_EPS = 1e-9    # rms(p) = sqrt(mean(p²) + 1e-9) (reference)
+MIN_PARAM_SCALE = 1e-2    # ours: scale = max(rms(p), MIN_PARAM_SCALE), so a tensor that
+                          # starts at zero moves (reference: 0, i.e. steps of ~1e-3·3e-5 there)
 # Structure (static): widths of the update rule and of the scheduler (Celo §5; published θ).
 HIDDEN = 4                # per-parameter MLP hidden width (as VeLO's MLPs)
 HIDDEN_LAYERS = 2
@@ -52,6 +54,12 @@ NUM_SCHEDULER_INPUTS = len(features.PROGRESS_SHIFTS) + acc.NUM_LOSS_EMAS - 1  # 
 # paper's random init ("random"), 7,000 CPU meta-steps reached only 0.2 there (README, Celo).
 RULE_INIT = "adam"
 RULE_INIT_SCALE = 10.0
+# Ours: stage 2 starts from a scheduler fitted (fit_scheduler) to a cosine decay of η from
+# PRIOR_ETA[0] to PRIOR_ETA[1] over the run. A scheduler that starts flat at η ≈ 1 did not learn
+# to anneal in 8,000 CPU meta-steps; the published one did in 100K (README, Celo: the schedule).
+PRIOR_ETA = (1.5, 0.1)
+FIT_ITERS = 300           # Adam steps of that fit (read at call time: tests shorten it)
+FIT_LENGTH = 2000         # steps of each fitted run (horizons log-uniform in [50, FIT_LENGTH])
 # Meta-training stages (Celo §3 "Decoupled training", Fig. 3): the θ sub-tree a stage trains
 # (the rest stays frozen) and whether that stage's optimizer uses the scheduler.
 STAGES = {1: ("rule", False), 2: ("scheduler", True)}
@@ -152,6 +160,77 @@ def learning_rate(theta, state, loss):
     return _scheduler_step(theta, state, loss_ema)[0]
 
 
+def prior_eta(t, num_steps, prior=PRIOR_ETA):
+    """The cosine decay η*(t) = η_end + (η_0 − η_end)·(1 + cos(π·min(t/N, 1)))/2 (ours)."""
+    frac = jnp.minimum(jnp.asarray(t, jnp.float32) / jnp.asarray(num_steps, jnp.float32), 1.0)
+    return prior[1] + (prior[0] - prior[1]) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def synthetic_scheduler_inputs(key, num_steps, length):
+    """x^s_t, t < length, of a run of num_steps whose loss falls as a noisy power law
+    a·(1 + t/τ)^(−p)·exp(σε_t) with random a, τ, p, σ: plausible loss features to fit on."""
+    k = jax.random.split(key, 5)
+    a = jnp.exp(jax.random.uniform(k[0], (), minval=-1.0, maxval=1.5))
+    tau = jnp.exp(jax.random.uniform(k[1], (), minval=jnp.log(3.0), maxval=jnp.log(num_steps)))
+    p = jax.random.uniform(k[2], (), minval=0.2, maxval=1.5)
+    noise = jnp.exp(jax.random.uniform(k[3], (), minval=jnp.log(0.01), maxval=jnp.log(0.5)))
+    t = jnp.arange(length, dtype=jnp.float32)
+    losses = a * (1.0 + t / tau) ** -p * jnp.exp(noise * jax.random.normal(k[4], (length,)))
+
+    def one(ema, tl):
+        ema, _ = acc.update_loss_ema(ema, tl[1])
+        return ema, scheduler_inputs(tl[0].astype(jnp.int32), num_steps, ema)
+
+    return jax.lax.scan(one, acc.init_loss_ema(num_steps), (t, losses))[1]
+
+
+def fit_scheduler(sched, key, prior=PRIOR_ETA, iters=None, batch=8, length=None, lr=3e-3):
+    """θ["scheduler"] fitted by regression (Adam on the squared error of o_t = ln(η_t/α)) to the
+    cosine prior η* over runs of log-uniform horizons N ∈ [50, length], on synthetic loss
+    features; after t ≥ N the target stays at η_end. Stage 2's start (ours); ≈ 1 min on a CPU."""
+    import optax  # the only optax use in this file: the fit's own optimizer
+    iters = FIT_ITERS if iters is None else iters
+    length = FIT_LENGTH if length is None else length
+    horizons = (min(50.0, length), float(length))
+
+    def outputs(s, xs):                                  # xs [L, 18] -> o [L]
+        def one(hc, x):
+            eta, h, c = scheduler(s, x, *hc)
+            return (h, c), jnp.log(eta / ALPHA)
+        return jax.lax.scan(one, (s["h0"], s["c0"]), xs)[1]
+
+    def sample(k):
+        kn, kx = jax.random.split(k)
+        n = jnp.exp(jax.random.uniform(kn, (batch,), minval=jnp.log(horizons[0]),
+                                       maxval=jnp.log(horizons[1]))).astype(jnp.int32)
+        xs = jax.vmap(synthetic_scheduler_inputs, (0, 0, None))(
+            jax.random.split(kx, batch), n, length)
+        target = jnp.log(jax.vmap(lambda m: prior_eta(jnp.arange(length), m, prior))(n) / ALPHA)
+        return xs, target
+
+    def loss_fn(s, xs, target):
+        return jnp.mean(jnp.square(jax.vmap(outputs, (None, 0))(s, xs) - target))
+
+    tx = optax.adam(lr)
+
+    @jax.jit
+    def update(s, opt_state, k):
+        xs, target = sample(k)
+        loss, g = jax.value_and_grad(loss_fn)(s, xs, target)
+        u, opt_state = tx.update(g, opt_state, s)
+        return optax.apply_updates(s, u), opt_state, loss
+
+    opt_state = tx.init(sched)
+    for i in range(iters):
+        sched, opt_state, loss = update(sched, opt_state, jax.random.fold_in(key, i))
+    return sched
+
+
+def with_fitted_scheduler(theta, key, **kw):
+    """θ with θ["scheduler"] fitted to the cosine prior (fit_scheduler): stage 2's start."""
+    return {**theta, "scheduler": fit_scheduler(theta["scheduler"], key, **kw)}
+
+
 # ----------------------------------------------------------------------------- the update rule
 
 def rule_outputs(rule, p, g, tensor_state):
@@ -161,17 +240,21 @@ def rule_outputs(rule, p, g, tensor_state):
     return per_parameter_mlp(rule, p, g, tensor_state, features.VELO_GROUPS, 0.0)[:2]
 
 
-def param_scale(p):
+def param_scale(p, min_scale=None):
     """sqrt(mean(p²) + 1e-9): the tensor's RMS, as the reference code computes it. Algorithm 1
     line 12 writes the L2 norm ‖p‖₂ (larger by sqrt(p.size)); the published θ was meta-trained
-    with the RMS, so we follow the code. An all-zero tensor gets sqrt(1e-9) ≈ 3.2e-5."""
-    return jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)
+    with the RMS, so we follow the code. An all-zero tensor gets sqrt(1e-9) ≈ 3.2e-5, unless
+    min_scale (default MIN_PARAM_SCALE, read at trace time) floors it (ours, as Adafactor's ε2)."""
+    rms = jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)
+    min_scale = MIN_PARAM_SCALE if min_scale is None else min_scale
+    return jnp.maximum(rms, min_scale) if min_scale > 0 else rms
 
 
-def step(theta, state, params, grads, loss, use_scheduler=True):
+def step(theta, state, params, grads, loss, use_scheduler=True, min_scale=None):
     """One Celo update (Algorithm 1, in the order of the reference code). Returns optax-style
     updates (to *add* to params) and the new state. `use_scheduler=False` is stage 1: η ≡ 1,
-    θ["scheduler"] unused and the LSTM state left as it is."""
+    θ["scheduler"] unused and the LSTM state left as it is. min_scale: the floor of the tensor
+    scale (param_scale; default MIN_PARAM_SCALE, 0 for the reference code's exact step)."""
     # Celo Alg. 1 line 3 (the loss part): the EMAs absorb L_t (kept up to date in stage 1 too)
     loss_ema, _ = acc.update_loss_ema(state.loss_ema, jnp.asarray(loss, jnp.float32))
     # reference: g ← clip(g, ±1000); the clipped g is used everywhere after
@@ -186,7 +269,7 @@ def step(theta, state, params, grads, loss, use_scheduler=True):
                               acc.ADAFACTOR_DECAYS)                        # fixed decays
         d, m = rule_outputs(theta["rule"], p, g, s)
         # Celo Alg. 1 lines 12–13 (Eq. (2) times the tensor RMS, see param_scale, times η_t)
-        delta = STEP_MULT * d * jnp.exp(EXP_MULT * m) * (param_scale(p) * eta)
+        delta = STEP_MULT * d * jnp.exp(EXP_MULT * m) * (param_scale(p, min_scale) * eta)
         return -delta.reshape(p.shape), s                            # Celo Alg. 1 line 14
 
     updates, new_acc = map_tensors(tensor, params, grads, state.acc)
@@ -196,17 +279,20 @@ def step(theta, state, params, grads, loss, use_scheduler=True):
 # ----------------------------------------------------------------------------- the contract
 
 def learned_optimizer(use_scheduler=True, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS,
-                      lstm_hidden=LSTM_HIDDEN, name=None, rule_init=RULE_INIT):
+                      lstm_hidden=LSTM_HIDDEN, name=None, rule_init=RULE_INIT, min_scale=None):
     """The contract record. use_scheduler=False is stage 1 ("celo_stage1", η ≡ 1); θ keeps the
     same layout in both stages so that a stage-1 θ is the starting point of stage 2."""
     name = name or ("celo" if use_scheduler else "celo_stage1")
     return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden,
                                           hidden_layers=hidden_layers, lstm_hidden=lstm_hidden,
                                           rule_init=rule_init),
-                            init, partial(step, use_scheduler=use_scheduler), needs_loss=True)
+                            init, partial(step, use_scheduler=use_scheduler, min_scale=min_scale),
+                            needs_loss=True)
 
 
-def optimizer(theta, num_steps, use_scheduler=True):
+def optimizer(theta, num_steps, use_scheduler=True, min_scale=None):
     """Celo with meta-parameters θ as an optax transformation:
-    `updates, state = tx.update(grads, state, params, value=loss)`."""
-    return as_optax(learned_optimizer(use_scheduler=use_scheduler), theta, num_steps)
+    `updates, state = tx.update(grads, state, params, value=loss)`. min_scale=0 gives the
+    reference code's step exactly (a zero tensor then barely moves: see param_scale)."""
+    return as_optax(learned_optimizer(use_scheduler=use_scheduler, min_scale=min_scale), theta,
+                    num_steps)

@@ -192,6 +192,30 @@ VALIDATION: dict[str, SuiteTask] = {
                                          1, "byte LM on the text read backwards, 1 layer"),
 }
 HELD_OUT = {**VALIDATION, **TEST}  # names are unique across the two (test-checked)
+# Problem families of the README's generalization table: by builder; a run longer than the base
+# horizon is "long horizon" whatever it trains.
+FAMILIES = {"image_mlp": "MLP classifier", "image_conv": "conv net", "byte_lm": "language model",
+            "image_autoencoder": "autoencoder", "teacher_student": "regression",
+            "linear_regression": "linear model, zero start",
+            "logistic_regression": "linear model, zero start", "quadratic": "quadratic"}
+
+
+def family(name: str) -> str:
+    entry = HELD_OUT[name]
+    return "long horizon" if entry.horizon > 1 else FAMILIES[entry.builder]
+
+
+def family_scores(result: dict) -> dict[str, dict]:
+    """{family: {"tasks": n, "median": median task score, "min", "max"}} of an evaluation's
+    held-out tasks (others are left out)."""
+    by: dict[str, list] = {}
+    for name, e in result["tasks"].items():
+        if name in HELD_OUT and e["score"] is not None:
+            by.setdefault(family(name), []).append(e["score"])
+    return {f: {"tasks": len(v), "median": float(np.median(v)), "min": float(min(v)),
+                "max": float(max(v))} for f, v in by.items()}
+
+
 # a representative handful that compiles fast (a learned optimizer's compile time grows with the
 # number of tensors: the LM's ~30 tensors take minutes on 2 cores, so it is only in "all")
 QUICK = ("fmnist8_mlp_2x128_tanh_bs256", "fmnist8_ae_256x64x256", "teacher_student_wide",
@@ -732,6 +756,11 @@ def format_table(result: dict) -> str:
                      f"{fmt(e['score'], '.3f'):>6}  {fmt(e['speedup'], '.3f'):>7}")
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{name:<{width}}  skipped: {why}")
+    fams = family_scores(result)
+    if len(fams) > 1:
+        lines += ["", f"{'family':<26}  tasks  median score  (min – max)"]
+        lines += [f"{f:<26}  {v['tasks']:>5}  {v['median']:>12.3f}  ({v['min']:.2f} – {v['max']:.2f})"
+                  for f, v in sorted(fams.items())]
     rows = [(result["opt"], result["aggregate"])] + list(result.get("baselines", {}).items())
     first = max(10, *(len(opt) + 1 for opt, _ in rows))
     for key in ("score", "speedup"):

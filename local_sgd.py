@@ -4,14 +4,17 @@ Joseph et al. 2023, "Can we learn communication-efficient optimizers?" (arXiv 23
 K workers each take H local SGD steps from
 the server's parameters θ on their own minibatches; once per communication round the server
 receives Δ_k = θ_k − θ and a global update turns them into θ's step. Baselines: local SGD
-(Stich 2019: θ ← θ + mean_k Δ_k) and SlowMo (Wang et al. 2020, Alg. 1: server momentum).
+(Stich 2019: θ ← θ + mean_k Δ_k) and SlowMo (Wang et al. 2020, Alg. 1: server momentum), also
+with a cosine-annealed server lr (`slowmo_cosine`).
 
 One round (`round_step`), with the pseudo-gradient g = −Δ̄ = −(1/K) Σ_k Δ_k:
     θ_k ← θ;  H times: θ_k ← θ_k − η ∇L(θ_k; batch_k,h)          (local SGD, η = local lr)
     Δ_k = θ_k − θ                                                 (the round's one upload)
     local SGD   θ ← θ − g                                          (plain averaging)
     SlowMo      u ← β u + g;  θ ← θ − α u                          (Wang et al. Alg. 1, γ folded in)
-    LOpt/LAgg   u ← β0 u + g;  θ ← θ − u − λ1 · rms(u) · d · exp(λ2 · m)   (ours, see below)
+    LOpt/LAgg   u ← β0 u + g;  θ ← θ − u − r,  r = λ1 · rms(u) · d · exp(λ2 · m),
+                ‖r‖ ≤ ½‖u‖ per tensor                                   (ours, see below)
+    lopt_paper  θ ← θ − λ1 · rms(g) · d · exp(λ2 · m), ‖·‖ ≤ 5‖g‖     (the MLP's whole update)
 where (d, m) is a per-parameter MLP 40 → 32 → 32 → 2 (Joseph et al.: two hidden layers of 32) on
 small_fc_lopt's 28 features (features.py) with g in place of the gradient, plus n(u), the server
 momentum normalized over its tensor, plus 11 time features; LAgg adds the K worker
@@ -30,6 +33,32 @@ rms(u)/rms(g) per tensor. The same lesson as Celo's and VeLO's Adam-direction in
 meta-training from an optimizer that works. β0 = 0.8 is the top of Wang et al.'s recommended range
 [0.5, 0.8] and what tuning picks on our held-out MLPs (0.9 is worse there), so what LOpt gains over
 tuned SlowMo is what it learned.
+
+`lopt_paper` is the paper's form as its abstract states it ("we meta-learn how to perform global
+updates given an update from local SGD iterations"): the MLP (39 inputs: no n(u)) outputs the
+whole server update, with no nominal term and no server momentum besides its accumulators'.
+Ours where our materials are silent: the units, rms(g) per tensor (scale-equivariant, as LOpt's
+rms(u)), and the start, d = n(g) (lopt.init_mlp_with_direction), so a fresh θ is local SGD up to
+exp(λ2·m) ≈ 1 ± 1e-3 — a working optimizer to meta-train from. No checkpoint is shipped.
+
+Safeguard (ours; issue #20: on a problem outside the repository the shipped LAgg diverged,
+loss 2.3 → 18.2). The learned residual r = λ1·rms(u)·d·exp(λ2·m) is bounded per tensor to
+‖r‖ ≤ c·‖α0·u‖, c = RESIDUAL_BOUND = 1/2 (non-finite entries of r are zeroed first, `bounded`):
+a trust region around the nominal step. Every update then lies within 30° of SlowMo(α0, β0)'s
+step −α0·u, with a length between 1/2 and 3/2 of it: ⟨Δθ, −u⟩ ≥ ½·α0·‖u‖², so the update
+descends wherever the nominal SlowMo step does, and it is never larger than SlowMo(1.5, 0.8)'s
+(inside the tuned grid's α range). The MLP keeps what it is for — rescaling and turning the
+step per entry — but no θ can reverse it or replace it with noise. c = 1 (which still forbids
+reversal) was too loose: θ with random MLP weights of scale 3 drove a teacher–student loss up
+6–22× in 40 rounds (two of four seeds; random weights of scale 1 once to NaN); at c = 1/2 none
+of scales 1, 3, 10, 1000 did (tests/test_local_sgd.py). The shipped checkpoints were
+meta-trained unbounded; on the held-out tasks their residual is 0.40–0.53‖α0·u‖ on average and
+at most 0.70‖α0·u‖, so the bound binds in part of the rounds and tensors and costs them < 1% of
+final loss at lr 0.5 (docs/local_sgd.md). `learned_step(..., residual_bound=None)` is the
+unbounded form. lopt_paper (below), which has no nominal step, gets only a size bound
+‖Δθ‖ ≤ ‖Δ̄‖/(1 − β0): it removes overflow-sized updates but cannot stop a bad θ from diverging
+(measured: random θ of scale 1–10 diverged with it), which is why LOpt and LAgg keep the
+nominal form.
 
 Data shards: worker k of round r draws i.i.d. minibatches from the task's training data with its
 own key (split(round key, K)[k]): the homogeneous-data setting, where every worker's shard is an
@@ -52,7 +81,7 @@ import features
 import pes
 import small_fc_lopt
 import tasks
-from lopt import LearnedOptimizer, apply_mlp, init_mlp_with_direction
+from lopt import LearnedOptimizer, apply_mlp, init_mlp_with_direction, map_tensors
 
 NUM_WORKERS = 8             # K (Joseph et al. 2023's main setting)
 LOCAL_STEPS = (4, 8, 16)    # H evaluated (Joseph et al. 2023)
@@ -64,7 +93,11 @@ EXP_MULT = small_fc_lopt.EXP_MULT   # λ2 = 1e-3 (Celo Eq. (2), small_fc_lopt)
 NOMINAL_SERVER_LR = 1.0     # α0 of the nominal SlowMo step the MLP corrects (module docstring)
 NOMINAL_MOMENTUM = 0.8      # β0, the top of Wang et al.'s range; tuned SlowMo picks it here
 DIRECTION_INIT = 0.0        # d = DIRECTION_INIT·n(u) at init: 0 ⇒ a fresh θ is SlowMo(α0, β0)
+RESIDUAL_BOUND = 0.5        # ours: ‖learned residual‖ ≤ c·‖α0·u‖ per tensor (docstring, Safeguard)
 U_COLUMN = features.NUM_ADAFAC_FEATURES      # input column of n(u); LAgg's K columns follow
+G_COLUMN = features.column_index(features.ADAFAC_GROUPS, "g")   # input column of n(g) (= 0)
+PAPER_DIRECTION_INIT = 1.0  # lopt_paper: d = n(g) at init ⇒ a fresh θ ≈ local SGD (ours)
+PAPER_UPDATE_BOUND = 1.0 / (1.0 - NOMINAL_MOMENTUM)   # lopt_paper: ‖Δθ‖ ≤ 5·‖Δ̄‖ (ours, below)
 SCALE_EPS = 1e-30           # rms(u) = sqrt(mean u² + ε): an all-zero u gives a zero step
 WORKER_AXIS = "workers"     # mesh axis the workers are placed on
 
@@ -131,6 +164,36 @@ def local_sgd():
     return slowmo(1.0, 0.0)._replace(name="local_sgd")
 
 
+class ScheduledState(NamedTuple):
+    u: Any                  # server momentum buffer, like params
+    step: jnp.ndarray       # () int32 rounds done
+    num_steps: jnp.ndarray  # () int32 rounds planned (R)
+
+
+def slowmo_cosine_init(theta, params, num_steps):
+    del theta
+    return ScheduledState(jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32),
+                          jnp.asarray(num_steps, jnp.int32))
+
+
+def slowmo_cosine_step(theta, state, params, grads, loss=None):
+    """SlowMo with α annealed by a cosine over the R planned rounds: round r (0-based) uses
+    α_r = α·½(1 + cos(π·r/R)), u ← β·u + g, Δθ = −α_r·u (a stronger baseline: the learned
+    updates see the fraction of training done and can learn such a schedule)."""
+    del params, loss
+    frac = state.step.astype(jnp.float32) / jnp.maximum(state.num_steps, 1).astype(jnp.float32)
+    alpha = theta["server_lr"] * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(frac, 1.0)))
+    u = jax.tree.map(lambda u, g: theta["momentum"] * u + g, state.u, grads)
+    return (jax.tree.map(lambda u: -alpha * u, u),
+            ScheduledState(u, state.step + 1, state.num_steps))
+
+
+def slowmo_cosine(server_lr=1.0, momentum=0.0):
+    """SlowMo with a cosine-annealed server lr; θ = {"server_lr": α, "momentum": β}, as slowmo."""
+    return slowmo(server_lr, momentum)._replace(name="slowmo_cosine", init=slowmo_cosine_init,
+                                                step=slowmo_cosine_step)
+
+
 # ----------------------------------------------------------------------------- learned updates
 
 class ServerState(NamedTuple):
@@ -174,24 +237,43 @@ def append_columns(cols, planes):
 
 def mlp_outputs(mlp, p, g, s, u, worker_g, time):
     """(*S, 2) outputs [d, m] for one tensor: small_fc_lopt's 28 features of (p, g, accumulators
-    s), n(u), and LAgg's K worker pseudo-gradients (leading axis K) sorted per entry (order
-    statistics: invariant to worker labels), each column normalized over the tensor
-    (features.scales, folded into the first layer by lopt.apply_mlp), plus the 11 time
-    features as a bias. apply_mlp (one (…, C) @ (C, 32) matmul), not the planar
-    mlp_on_columns: at width 32 the matmul is 2× faster on CPU (measured on 16×128×128 entries:
-    0.12 s vs 0.24 s)."""
+    s), n(u) (none when u is None: lopt_paper), and LAgg's K worker pseudo-gradients (leading
+    axis K) sorted per entry (order statistics: invariant to worker labels), each column
+    normalized over the tensor (features.scales, folded into the first layer by
+    lopt.apply_mlp), plus the 11 time features as a bias. apply_mlp (one (…, C) @ (C, 32)
+    matmul), not the planar mlp_on_columns: at width 32 the matmul is 2× faster on CPU
+    (measured on 16×128×128 entries: 0.12 s vs 0.24 s)."""
     cols = append_columns(features.columns(p, g, s, features.ADAFAC_GROUPS, features.RMS_EPS),
-                          [u])
+                          [] if u is None else [u])            # lopt_paper has no u
     if worker_g is not None:
         cols = append_columns(cols, sort_workers([worker_g[k] for k in range(worker_g.shape[0])]))
     time_bias = time @ mlp["w0"][cols.num:]          # time features: equal for all entries
     return apply_mlp(mlp, features.stack(cols), features.scales(cols), time_bias)
 
 
+def norm(x):
+    """‖x‖₂ of one finite tensor without overflow: max|x|·‖x/max|x|‖ (a residual of 1e20 per
+    entry still has a finite norm in float32, so `bounded` shrinks it instead of making 0·inf).
+    x/max|x| is taken as (x·s)·s, s = max|x|^(−1/2): XLA turns the division into a product with
+    1/max|x|, which flushes to 0 on CPU for max|x| > 8.5e37."""
+    peak = jnp.max(jnp.abs(x))
+    s = jax.lax.rsqrt(jnp.where(peak > 0, peak, 1.0))
+    return peak * jnp.sqrt(jnp.sum(jnp.square((x * s) * s)))
+
+
+def bounded(x, limit):
+    """x with its non-finite entries zeroed, then scaled down to ‖x‖ ≤ limit (unchanged when
+    already inside): the safeguard of the learned server updates (module docstring)."""
+    x = jnp.where(jnp.isfinite(x), x, 0.0)
+    n = norm(x)
+    return x * jnp.where(n > limit, limit / jnp.where(n > 0, n, 1.0), 1.0)
+
+
 def learned_step(theta, state, params, grads, loss=None, all_deltas=False,
-                 step_mult=STEP_MULT, exp_mult=EXP_MULT):
+                 step_mult=STEP_MULT, exp_mult=EXP_MULT, residual_bound=RESIDUAL_BOUND):
     """LOpt / LAgg: accumulators absorb g = −Δ̄, u ← β0·u + g, then features, the MLP, and
-    Δθ = −α0·u − λ1·rms(u)·d·exp(λ2·m) per tensor (module docstring)."""
+    Δθ = −α0·u − r per tensor, r = λ1·rms(u)·d·exp(λ2·m) bounded to ‖r‖ ≤ c·‖α0·u‖ with
+    c = residual_bound (module docstring, "Safeguard"; None: unbounded, the shipped runs' form)."""
     del loss
     leaves, treedef = jax.tree.flatten(params)
     if all_deltas:
@@ -212,7 +294,10 @@ def learned_step(theta, state, params, grads, loss=None, all_deltas=False,
         d, m = out[..., 0], out[..., 1]
         scale = jnp.sqrt(jnp.mean(jnp.square(u)) + SCALE_EPS)                # rms(u)
         step = (step_mult * scale * d * jnp.exp(exp_mult * m)).reshape(p.shape)
-        updates.append(-(NOMINAL_SERVER_LR * u + step))   # θ ← θ − α0·u − λ1·rms(u)·d·exp(λ2·m)
+        nominal = NOMINAL_SERVER_LR * u
+        if residual_bound is not None:          # ours: ‖r‖ ≤ c·‖α0·u‖, never a reversed step
+            step = bounded(step, residual_bound * norm(nominal))
+        updates.append(-(nominal + step))       # θ ← θ − α0·u − λ1·rms(u)·d·exp(λ2·m)
         new_acc.append(s)
         new_u.append(u)
     lopt = small_fc_lopt.State(treedef.unflatten(new_acc), state.lopt.step + 1,
@@ -232,6 +317,48 @@ def lagg(num_workers=NUM_WORKERS):
     return GlobalUpdate("local_sgd_lagg", partial(init_meta_params, num_workers=num_workers),
                         init, partial(learned_step, all_deltas=True),
                         all_deltas=True)
+
+
+# ----------------------------------------------------------------------------- the paper's form
+
+def init_paper_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS):
+    """θ of lopt_paper: an MLP on small_fc_lopt's 28 features of g = −Δ̄ and the 11 time features
+    (no n(u): there is no server momentum besides the accumulators'), whose output d starts as
+    PAPER_DIRECTION_INIT·n(g), and small_fc_lopt's learned accumulator decay offsets."""
+    sizes = (U_COLUMN + len(features.TIME_SCALES),) + (hidden,) * hidden_layers + (2,)
+    mlp = init_mlp_with_direction(key, sizes, G_COLUMN, PAPER_DIRECTION_INIT)
+    return {"mlp": mlp, **small_fc_lopt.init_decay_offsets()}
+
+
+def paper_step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=EXP_MULT,
+               update_bound=PAPER_UPDATE_BOUND):
+    """lopt_paper: accumulators absorb g = −Δ̄, then features, the MLP, and the whole update
+    Δθ = −λ1·rms(g)·d·exp(λ2·m) per tensor, bounded to ‖Δθ‖ ≤ c·‖Δ̄‖ with c = update_bound
+    (None: unbounded). State: small_fc_lopt's (accumulators, round count, horizon)."""
+    del loss
+    m_dec, r_dec, a_dec = small_fc_lopt.decays(theta)
+    time = features.time_features(state.step)
+
+    def tensor(p, g, s):
+        s = acc.update_tensor(s, g, m_dec, r_dec, a_dec)
+        out = mlp_outputs(theta["mlp"], p, g, s, None, None, time)
+        d, m = out[..., 0], out[..., 1]
+        scale = jnp.sqrt(jnp.mean(jnp.square(g)) + SCALE_EPS)                # rms(g) = rms(Δ̄)
+        step = (step_mult * scale * d * jnp.exp(exp_mult * m)).reshape(p.shape)
+        if update_bound is not None:           # ours: ‖Δθ‖ ≤ c·‖Δ̄‖ (module docstring)
+            step = bounded(step, update_bound * norm(g))
+        return -step, s
+
+    updates, new_acc = map_tensors(tensor, params, grads, state.acc)
+    return updates, small_fc_lopt.State(new_acc, state.step + 1, state.num_steps)
+
+
+def lopt_paper(num_workers=NUM_WORKERS):
+    """LOpt in the paper's form: the MLP's output is the whole server update (no nominal SlowMo
+    term, no server momentum besides the accumulators'); input the mean delta, as LOpt's."""
+    del num_workers  # works for any K
+    return GlobalUpdate("local_sgd_lopt_paper", init_paper_meta_params, small_fc_lopt.init,
+                        paper_step)
 
 
 # ----------------------------------------------------------------------------- workers, rounds

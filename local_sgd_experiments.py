@@ -6,8 +6,12 @@ communication rounds (issue #9 item 3; Joseph et al. 2023, arXiv
                                     [--local-steps 4,8,16] [--out DIR]
 
 K = 8 workers, H ∈ {4, 8, 16} local steps, R rounds for every method. For each held-out task and H:
-  local SGD   tuned over its local lr (LOCAL_LRS);
-  SlowMo      at that local lr, tuned over (α, β) (SLOWMO_GRID, plus α = 1, β = 0 = local SGD);
+  local SGD   tuned over its local lr (LOCAL_LRS, widened by factors of 2 while the best lr is
+              at an edge, up to LR_EXTEND times: the winner has a grid point above and below it);
+  SlowMo      at that local lr, tuned over (α, β) ∈ SLOWMO_GRID (α ∈ {0.5, 1, 2} × β ∈ {0.5, 0.8,
+              0.9, 0.95}, plus α = 1, β = 0 = local SGD);
+  SlowMo-cos  the same grid with α annealed by a cosine over the R rounds (local_sgd.slowmo_cosine)
+              (neither grid is built around the learned updates' nominal SlowMo(1, 0.8));
   LOpt, LAgg  at that local lr, θ from checkpoints/ (meta-trained at H = 16), nothing tuned
               (their nominal step, which the MLP corrects, is SlowMo(1, 0.8) on every task).
 Tuning picks the lowest mean final loss over the seeds (the seeds reported: as evaluate.py does
@@ -39,11 +43,13 @@ ROUNDS = 100                 # --rounds: communication rounds of every run (equa
 SEEDS = 3                    # --seeds: runs per task, H and configuration (Celo App. A.3: 3)
 NUM_WORKERS = local_sgd.NUM_WORKERS       # K = 8
 LOCAL_STEPS = local_sgd.LOCAL_STEPS       # H ∈ {4, 8, 16}
-LOCAL_LRS = (0.25, 0.5, 1.0)              # local SGD's lr grid (around Joseph et al.'s 0.5)
-SLOWMO_GRID = ((0.5, 0.5), (1.0, 0.5), (2.0, 0.5), (0.5, 0.8), (1.0, 0.8), (1.0, 0.9))
+LOCAL_LRS = (0.125, 0.25, 0.5, 1.0, 2.0)  # local SGD's lr grid (around Joseph et al.'s 0.5)
+LR_EXTEND = 2                # at most this many ×2 (or ×½) extensions while the best lr is an edge
+SLOWMO_GRID = tuple((a, b) for a in (0.5, 1.0, 2.0) for b in (0.5, 0.8, 0.9, 0.95))
                                           # (α, β): Wang et al. 2020 tune β ∈ [0.5, 0.8] with
-                                          # α ≈ 1; β = 0.9 checks that 0.8 is not a grid edge
-                                          # artefact; (1, 0) = local SGD is added
+                                          # α ≈ 1; we add 0.9, 0.95 and α ∈ {0.5, 2} so that the
+                                          # nominal (1, 0.8) is inside the grid, not its edge;
+                                          # (1, 0) = local SGD is added; also used with cosine α
 HEADLINE_H = 16              # the H of the issue's target (K = 8, H = 16)
 F8, F16 = "fashion_mnist_8x8", "fashion_mnist_16x16"
 # Held-out tasks: none is the meta-training task (64 → 128 → 128 → 10 MLP on 8×8 images, batch 32).
@@ -59,19 +65,48 @@ HELD_OUT = {
     "devil_byte_lm": ("byte_lm", dict(context=16, embed=32, hidden=64, layers=1, heads=2,
                                       batch_size=32), "byte-level transformer LM"),
 }
-QUICK = dict(rounds=12, seeds=2, local_steps=(2, 4), local_lrs=(0.25, 0.5),
-             slowmo_grid=((1.0, 0.5),), out=OUT / "quick",
+QUICK = dict(rounds=12, seeds=2, local_steps=(2, 4), local_lrs=(0.25, 0.5), lr_extend=1,
+             slowmo_grid=((1.0, 0.5), (1.0, 0.9)), out=OUT / "quick",
              tasks={"fmnist8_mlp_32": ("image_mlp", dict(dataset=F8, hidden=(32,), batch_size=16),
                                        "tiny MLP (smoke test)"),
                     "teacher_student": ("teacher_student", dict(in_dim=8, hidden=(16,),
                                                                 out_dim=2, batch_size=16),
                                         "tiny regression (smoke test)")})
-METHODS = ("local_sgd", "slowmo", "local_sgd_lopt", "local_sgd_lagg")
+BASELINES = ("local_sgd", "slowmo", "slowmo_cosine")
+LEARNED = ("local_sgd_lopt", "local_sgd_lagg")
+METHODS = BASELINES + LEARNED
 LABELS = {"local_sgd": "local SGD (tuned)", "slowmo": "SlowMo (tuned)",
+          "slowmo_cosine": "SlowMo, cosine α (tuned)",
           "local_sgd_lopt": "LOpt (learned)", "local_sgd_lagg": "LAgg (learned)"}
 
 
 # ----------------------------------------------------------------------------- runs
+
+def mean_final(curves):
+    """Mean final loss over seeds of each configuration of curves (C, S, R); a run that went
+    non-finite counts as +inf, so that it is never picked (np.argmin would pick a NaN)."""
+    f = metrics.final_training_loss(curves).mean(-1)
+    return np.where(np.isfinite(f), f, np.inf)
+
+
+def tune_local_lr(momentum, stack, lrs, steps, data, keys, extend):
+    """Local SGD over the lr grid, widened by ×2 (or ×½) while the best lr is at the top (or
+    bottom) edge, at most `extend` times. Returns (lrs, curves (C, S, R), index of the best)."""
+    run = lambda lr_list: np.asarray(momentum(stack([(1.0, 0.0)] * len(lr_list)),
+                                              jnp.asarray(lr_list, jnp.float32), steps, data,
+                                              keys))
+    lrs, grid = list(lrs), run(list(lrs))
+    for _ in range(extend):
+        best = int(np.argmin(mean_final(grid)))
+        if 0 < best < len(lrs) - 1:
+            break
+        top = best == len(lrs) - 1
+        lr = lrs[-1] * 2.0 if top else lrs[0] / 2.0
+        curve = run([lr])
+        lrs = lrs + [lr] if top else [lr] + lrs
+        grid = np.concatenate([grid, curve] if top else [curve, grid])
+    return lrs, grid, int(np.argmin(mean_final(grid)))
+
 
 def run_task(task, thetas, cfg, log):
     """All H of one task: {H: {method: {"losses": (S, R), "final": (S,), ...hparams}}}."""
@@ -79,27 +114,34 @@ def run_task(task, thetas, cfg, log):
     mesh = local_sgd.make_mesh(NUM_WORKERS)
     rounds = cfg["rounds"]
     momentum = local_sgd.make_curves(task, local_sgd.slowmo(), rounds, NUM_WORKERS, mesh)
+    cosine = local_sgd.make_curves(task, local_sgd.slowmo_cosine(), rounds, NUM_WORKERS, mesh)
     learned = {n: local_sgd.make_curves(task, u, rounds, NUM_WORKERS, mesh)
                for n, u in (("local_sgd_lopt", local_sgd.lopt()),
                             ("local_sgd_lagg", local_sgd.lagg(NUM_WORKERS)))}
     stack = lambda rows: {"server_lr": jnp.asarray([r[0] for r in rows], jnp.float32),
                           "momentum": jnp.asarray([r[1] for r in rows], jnp.float32)}
+    grid_ab = cfg["slowmo_grid"]
     out = {}
     for h in cfg["local_steps"]:
         t0 = time.time()
         steps = jnp.int32(h)
-        lrs = cfg["local_lrs"]
-        grid = np.asarray(momentum(stack([(1.0, 0.0)] * len(lrs)), jnp.asarray(lrs, jnp.float32),
-                                   steps, task.data, keys))                     # (C, S, R)
-        best = int(np.argmin(metrics.final_training_loss(grid).mean(-1)))
+        lrs, grid, best = tune_local_lr(momentum, stack, cfg["local_lrs"], steps, task.data, keys,
+                                        cfg["lr_extend"])
         lr = lrs[best]
-        res = {"local_sgd": {"losses": grid[best], "local_lr": lr}}
-        slow = np.asarray(momentum(stack(cfg["slowmo_grid"]),
-                                   jnp.full(len(cfg["slowmo_grid"]), lr, jnp.float32), steps,
-                                   task.data, keys))
-        cand = [((1.0, 0.0), grid[best])] + list(zip(cfg["slowmo_grid"], slow))
-        (alpha, beta), curve = min(cand, key=lambda c: metrics.final_training_loss(c[1]).mean())
-        res["slowmo"] = {"losses": curve, "local_lr": lr, "server_lr": alpha, "momentum": beta}
+        at_edge = best in (0, len(lrs) - 1)
+        res = {"local_sgd": {"losses": grid[best], "local_lr": lr, "local_lr_grid": lrs,
+                             "lr_at_grid_edge": at_edge}}
+        lr_c = jnp.full(len(grid_ab), lr, jnp.float32)
+        for name, fn, cand in (("slowmo", momentum, [((1.0, 0.0), grid[best])]),
+                               ("slowmo_cosine", cosine, [])):
+            curves = np.asarray(fn(stack(grid_ab), lr_c, steps, task.data, keys))
+            cand = cand + list(zip(grid_ab, curves))
+            i = int(np.argmin(mean_final(np.stack([c for _, c in cand]))))
+            (alpha, beta), curve = cand[i]
+            res[name] = {"losses": curve, "local_lr": lr, "server_lr": alpha, "momentum": beta,
+                         "grid_edge": alpha in (min(a for a, _ in grid_ab),
+                                                max(a for a, _ in grid_ab))
+                         or beta == max(b for _, b in grid_ab)}
         for name, fn in learned.items():
             theta = jax.tree.map(lambda x: x[None], thetas[name])
             res[name] = {"losses": np.asarray(fn(theta, jnp.asarray([lr], jnp.float32), steps,
@@ -108,7 +150,9 @@ def run_task(task, thetas, cfg, log):
             r["losses"] = np.asarray(r["losses"], np.float64)
             r["final"] = metrics.final_training_loss(r["losses"])
         out[h] = res
-        log(f"  H={h:<2} lr={lr:<5} SlowMo (α, β)=({alpha}, {beta})  final: "
+        ab = lambda m: f"({res[m]['server_lr']}, {res[m]['momentum']})"
+        log(f"  H={h:<2} lr={lr:<5}{' (grid edge)' if at_edge else ''} SlowMo (α, β)="
+            f"{ab('slowmo')} cosine {ab('slowmo_cosine')}  final: "
             + "  ".join(f"{m} {res[m]['final'].mean():.4f}" for m in METHODS)
             + f"  [{time.time() - t0:.0f} s]")
     return out
@@ -135,9 +179,8 @@ def round_speedup(results, h, m):
 
 
 def wins(results, h, m):
-    """Tasks where method m's mean final loss is below both tuned baselines'."""
-    return sum(r[h][m]["final"].mean() < min(r[h]["local_sgd"]["final"].mean(),
-                                             r[h]["slowmo"]["final"].mean())
+    """Tasks where method m's mean final loss is below every tuned baseline's."""
+    return sum(r[h][m]["final"].mean() < min(r[h][b]["final"].mean() for b in BASELINES)
                for r in results.values())
 
 
@@ -145,10 +188,10 @@ def summarize(results, cfg):
     summary = {}
     for h in cfg["local_steps"]:
         s = {}
-        for ref in ("local_sgd", "slowmo"):
+        for ref in BASELINES:
             sc = scores(results, h, ref)
             s[f"vs_{ref}"] = {m: metrics.aggregate(sc[m]) for m in METHODS}
-        s["wins"] = {m: wins(results, h, m) for m in ("local_sgd_lopt", "local_sgd_lagg")}
+        s["wins"] = {m: wins(results, h, m) for m in LEARNED}
         s["round_speedup"] = {m: round_speedup(results, h, m) for m in METHODS}
         summary[h] = s
     return summary
@@ -175,22 +218,23 @@ def format_tables(results, summary, comm, cfg):
             lines.append(f"| {t} | {mb:.1f} | " + " | ".join(cells) + " |")
         s = summary[h]
         lrs = [results[t][h]["local_sgd"]["local_lr"] for t in tasks_]
-        ab = [(results[t][h]["slowmo"]["server_lr"], results[t][h]["slowmo"]["momentum"])
-              for t in tasks_]
-        lines += ["", f"Tuned local lr per task: {lrs}; SlowMo (α, β): {ab}.", "",
+        edge = [t for t in tasks_ if results[t][h]["local_sgd"]["lr_at_grid_edge"]]
+        ab = {m: [(results[t][h][m]["server_lr"], results[t][h][m]["momentum"]) for t in tasks_]
+              for m in ("slowmo", "slowmo_cosine")}
+        lines += ["", f"Tuned local lr per task: {lrs}"
+                  + (f" (at the edge of its widened grid on {edge})" if edge else "")
+                  + f"; SlowMo (α, β): {ab['slowmo']}; cosine SlowMo (α, β): "
+                  f"{ab['slowmo_cosine']}.", "",
                   "| method | IQM score vs local SGD [95% CI] | IQM score vs SlowMo [95% CI] | "
-                  "optimality gap vs SlowMo [95% CI] | tasks beating both | "
-                  "round speedup vs local SGD |",
-                  "|---|---|---|---|---:|---:|"]
+                  "IQM score vs cosine SlowMo [95% CI] | optimality gap vs SlowMo [95% CI] | "
+                  "tasks beating all baselines | round speedup vs local SGD |",
+                  "|---|---|---|---|---|---:|---:|"]
+        ci = lambda a, k: f"{a[k]:.3f} [{a['ci95'][k][0]:.3f}, {a['ci95'][k][1]:.3f}]"
         for m in METHODS:
-            a, b = s["vs_local_sgd"][m], s["vs_slowmo"][m]
+            a, b, c = (s[f"vs_{ref}"][m] for ref in BASELINES)
             w = f"{s['wins'][m]}/{len(tasks_)}" if m in s["wins"] else "—"
-            lines.append(f"| {LABELS[m]} | {a['iqm']:.3f} [{a['ci95']['iqm'][0]:.3f}, "
-                         f"{a['ci95']['iqm'][1]:.3f}] | {b['iqm']:.3f} [{b['ci95']['iqm'][0]:.3f}, "
-                         f"{b['ci95']['iqm'][1]:.3f}] | {b['optimality_gap']:.3f} "
-                         f"[{b['ci95']['optimality_gap'][0]:.3f}, "
-                         f"{b['ci95']['optimality_gap'][1]:.3f}] | {w} | "
-                         f"{s['round_speedup'][m]:.2f}× |")
+            lines.append(f"| {LABELS[m]} | {ci(a, 'iqm')} | {ci(b, 'iqm')} | {ci(c, 'iqm')} | "
+                         f"{ci(b, 'optimality_gap')} | {w} | {s['round_speedup'][m]:.2f}× |")
         lines.append("")
     return "\n".join(lines)
 
@@ -258,7 +302,7 @@ def main(argv=None):
     p.add_argument("--out")
     a = p.parse_args(argv)
     cfg = dict(rounds=ROUNDS, seeds=SEEDS, local_steps=LOCAL_STEPS, local_lrs=LOCAL_LRS,
-               slowmo_grid=SLOWMO_GRID, out=OUT, tasks=HELD_OUT)
+               lr_extend=LR_EXTEND, slowmo_grid=SLOWMO_GRID, out=OUT, tasks=HELD_OUT)
     if a.quick:
         cfg.update(QUICK)
     for k in ("rounds", "seeds", "out"):

@@ -45,7 +45,7 @@ LOPT_HIDDEN = 4            # per-parameter MLP width. The paper's μLO_M uses 39
                            #   this CPU the 32-wide MLP costs 30× more per step (354 vs 11.6 ms on
                            #   MLP 64→512³→10, batch 128), so we keep small_fc_lopt's 4 (pass
                            #   hidden=32 for the paper's size). The μ and SP twins use the same.
-VELO_SIZE = "small"        # velo.SIZES: Celo's VeLO-S (H = 64, K = 32) for CPU; paper: (512, 256)
+VELO_SIZE = "small"        # velo.SIZES: VeLO-S's widths (H = 64, K = 32) on CPU; paper: (512, 256)
 VELO_STEP_MULT = velo.STEP_MULT  # μVeLO keeps λ1 = 1e-3 (App. C: "not necessary to change")
 
 KINDS = ("input", "hidden", "output", "bias", "output_bias", "norm")

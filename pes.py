@@ -14,11 +14,23 @@ earlier truncations of the same run:
 ξ resets to 0 when a run ends. Plain ES (`es_gradient`) is the same with one truncation that
 is the whole run.
 
+Non-finite losses (ours, a deliberate departure from the reference): a loss that is NaN or inf
+scores the cap (normalized 1) and is counted; the steps left in that truncation score the cap too
+(a NaN state stays NaN), and then the pair — both members — restarts at the first step of the
+next truncation, with a new run and ξ reset (`State.dead`). google/learned_optimization instead
+keeps such a run and scores the cap at every step until its horizon. Why we restart: a NaN run is
+an absorbing state whose remaining steps say nothing more about θ than "it diverged", and with
+runs of up to 2000 steps (40 truncations) the reference spends up to 40 truncations of a pair's
+compute on it, while the restart spends it on runs that carry a gradient. The cost: the
+meta-objective changes for θ that diverge — the reference charges a divergence the cap for
+every step left in the run, ours only for the steps left in its truncation — so the penalty for
+diverging is weaker here (the estimate still points away from it: tests/test_pes.py). A finite
+but capped loss (above loss_cap) is clipped and the run goes on, as in the reference.
+
 This file knows nothing about optimizers or tasks: a `Problem` says how to start a run and how
 to take one inner step. Pairs are vmapped; the truncation is a `lax.scan`; the pair axis can be
 sharded over devices (`shard`), the same code on one CPU, N simulated CPUs, or N accelerators.
 """
-from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -245,8 +257,15 @@ def gradient(problem, config, theta, shared, groups, state, key, mesh=None):
 # ----------------------------------------------------------------------------- plain ES
 
 def es_gradient(problem, config, theta, shared, groups, key, num_steps, mesh=None):
-    """Antithetic ES over whole runs of `num_steps` (static) steps, as VeLO was meta-trained:
-    ĝ = mean over pairs of 1/(2σ²)·(L(θ+ε) − L(θ−ε))·ε, L = mean normalized loss of the run."""
+    """Antithetic ES over whole runs of `num_steps` (static) steps:
+    ĝ = mean over pairs of 1/(2σ²)·(L(θ+ε) − L(θ−ε))·ε, L = mean normalized loss of the run.
+    The estimator is VeLO's (antithetic ES on full-length unrolls, both members of a pair from
+    the same initialization on the same batches: VeLO App. D.2); the objective is not. Ours, L, is
+    the *mean* over the run's steps of the normalized training minibatch loss (Celo Eq. (3), the
+    objective PES estimates), runs of one fixed length; VeLO's is the training loss at the *end*
+    of inner training (App. D: "targeting final loss yields better results than average loss"),
+    with a curriculum over unroll lengths, and each task's meta-gradient normalized to unit
+    length before averaging (App. D.3), where train.py averages the task groups' ĝ as they are."""
     k_eps, k_init, k_run = jax.random.split(key, 3)
     eps = shard(_perturbations(k_eps, theta, config.num_pairs, config.sigma), mesh)
     theta_pm = _pm(theta, eps)

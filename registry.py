@@ -23,12 +23,14 @@ import velo
 
 class Stage(NamedTuple):
     """One meta-training stage: which top-level θ entries it trains (None: all), the setting that
-    holds its number of meta-steps (the last stage runs to meta_steps), and keyword options for
-    the optimizer's builder (e.g. Celo's η ≡ 1 in stage 1)."""
+    holds its number of meta-steps (the last stage runs to meta_steps), keyword options for the
+    optimizer's builder (e.g. Celo's η ≡ 1 in stage 1) and what θ starts the stage from."""
     name: str = "all"
     trainable: Any = None
     steps_setting: str = ""
     build_kwargs: Any = ()
+    start: Callable = None     # (θ, key) -> θ when the stage begins at its first meta-step (not
+                               # when a run resumes inside it), e.g. Celo's fitted scheduler
 
 
 class Recipe(NamedTuple):
@@ -49,9 +51,11 @@ CELO_OUTER = (("meta_lr", 3e-4), ("final_lr", 3e-4), ("warmup_steps", 0), ("max_
 # meta-steps of stage 1 and 2000 of stage 2, ≈ 26 min on 2 cores (README), the shipped checkpoint.
 CELO_SETTINGS = CELO_OUTER + (("meta_steps", 7000), ("stage1_steps", 5000))
 
-# Celo §3 "decoupled training": stage 1 learns the rule with η ≡ 1, stage 2 the scheduler.
+# Celo §3 "decoupled training": stage 1 learns the rule with η ≡ 1, stage 2 the scheduler, which
+# (ours) starts fitted to a cosine decay of η (celo.PRIOR_ETA), not flat at η ≈ 1.
 CELO_STAGES = (Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False),)),
-               Stage("scheduler", ("scheduler",), "", (("use_scheduler", True),)))
+               Stage("scheduler", ("scheduler",), "", (("use_scheduler", True),),
+                     start=celo.with_fitted_scheduler))
 
 # Celo2 model cards: Celo's tasks, PES with truncation 50, unrolls of 100–2000 steps. Ours: Celo's
 # outer AdamW; 3000 meta-steps (CPU budget); τ ∈ [0.1, 10], because Celo2's step has an absolute
@@ -101,6 +105,10 @@ OPTIMIZERS = {
                              problem=local_sgd.train_problem, per_step=False),
     "local_sgd_lagg": Recipe(lambda task: local_sgd.lagg(), settings=local_sgd.TRAIN_SETTINGS,
                              problem=local_sgd.train_problem, per_step=False),
+    # The paper's form: the MLP outputs the whole server update (no nominal SlowMo step).
+    "local_sgd_lopt_paper": Recipe(lambda task: local_sgd.lopt_paper(),
+                                   settings=local_sgd.TRAIN_SETTINGS,
+                                   problem=local_sgd.train_problem, per_step=False),
 }
 
 

@@ -8,7 +8,8 @@ AdamW. Every setting below can be overridden from the command line (`--meta-lr 1
 optimizer in registry.OPTIMIZERS may change some defaults (its paper's recipe) — the command line
 wins.
 The pair axis of PES is sharded over all devices (1 CPU, N simulated CPUs, N GPUs; several hosts
-after jax.distributed.initialize(), which runs when JAX_COORDINATOR_ADDRESS is set).
+after jax.distributed.initialize(), which runs on import when JAX_COORDINATOR_ADDRESS is set;
+process 0 alone writes the run's files).
 A run writes runs/<opt>/<opt>.npz (+ .csv, _meta_loss.png); checkpoints/ holds the shipped θ,
 read only (checkpoint.py owns the file format: `name, theta = checkpoint.load_checkpoint(path)`).
 """
@@ -27,7 +28,24 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import jax
+
+
+def init_distributed(environ=os.environ):
+    """Multi-host: join the job when JAX_COORDINATOR_ADDRESS (host:port of process 0) is set, with
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID (JAX itself reads only the address; without the two it
+    auto-detects SLURM / Open MPI). Runs on import, before any project module touches a device
+    (celo.py computes with jnp at import): initialize() must precede every backend call."""
+    if environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
+        count, index = environ.get("JAX_NUM_PROCESSES"), environ.get("JAX_PROCESS_ID")
+        jax.distributed.initialize(num_processes=int(count) if count else None,
+                                   process_id=int(index) if index else None)
+
+
+init_distributed()
+
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import optax
 
@@ -67,7 +85,12 @@ decay_steps = 5000         # cosine meta_lr → final_lr over this many steps of
                            #   (μLO: 5000); independent of meta_steps, so a run can be extended
 stage1_steps = 500         # two-stage optimizers (Celo §3): meta-steps of stage 1, the rest stage 2
 weight_decay = 1e-4        # AdamW weight decay (μLO, Celo App. A.3)
-grad_clip = 1.0            # global-norm clip of the PES gradient before AdamW
+grad_clip = 1.0            # global-norm clip of the PES gradient before AdamW. Ours: neither
+                           # paper clips. A PES estimate from 8–16 pairs has norm ≫ 1, so the
+                           # clip binds on nearly every step (12,905 of the shipped Celo's
+                           # 13,000) and AdamW sees ĝ/‖ĝ‖: each estimate weighs the same, and
+                           # one noise spike cannot inflate Adam's second moment for the next
+                           # ~1/(1−β₂) steps. Not ablated (docs/celo.md); 0 or inf: no clip
 save_every_s = 120.0       # checkpoint every so many seconds, and on Ctrl-C / SIGTERM
 eval_tasks = "quick"       # held-out comparison printed at the end (evaluate.py task names)
 eval_steps = 500           # inner steps per held-out task in that comparison (0: skip it)
@@ -162,7 +185,9 @@ def meta_optimizer(cfg):
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, cfg["meta_lr"], cfg["warmup_steps"],
             max(cfg["decay_steps"], cfg["warmup_steps"] + 1), cfg["final_lr"])
-    return optax.chain(optax.clip_by_global_norm(cfg["grad_clip"]),
+    clip = cfg["grad_clip"]
+    clip = optax.clip_by_global_norm(clip) if 0 < clip < float("inf") else optax.identity()
+    return optax.chain(clip,
                        optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=cfg["weight_decay"]))
 
 
@@ -206,7 +231,12 @@ class Trainer:
                 jax.jit(partial(pes.init, p, c, mesh=self.mesh))(
                     self.trainable, self.frozen, d, jax.random.fold_in(self.key, i))
                 for i, (p, c, d) in enumerate(zip(self.problems, self.pes_cfgs, self.datas)))
-        return Run(self.trainable, self.optimizer.init(self.trainable), pes_states)
+        run = Run(self.trainable, self.optimizer.init(self.trainable), pes_states)
+        if self.mesh is not None:   # θ and AdamW replicated over the mesh, as the meta-step returns
+            rep = NamedSharding(self.mesh, PartitionSpec())   # them: it compiles once, not twice
+            run = run._replace(theta=jax.device_put(run.theta, rep),
+                               opt_state=jax.device_put(run.opt_state, rep))
+        return run
 
     def _step(self, run, frozen, datas, key):
         grads, states, losses, nonfinite = [], [], [], []
@@ -241,8 +271,24 @@ def stage_bounds(cfg, stages):
     return bounds
 
 
+def _to_host(x):
+    """A host (numpy) copy of x; an array spread over several processes' devices is gathered first
+    (a collective: every process must call this, in the same order)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def _agree(*flags):
+    """The same flags on every process (True if True on any), so that all processes save and stop
+    together; on one process, the flags as they are."""
+    if jax.process_count() == 1:
+        return flags
+    return tuple(bool(f) for f in np.any(multihost_utils.process_allgather(np.array(flags)), axis=0))
+
+
 def _leaves_dict(tree):
-    return {str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+    return {str(i): _to_host(x) for i, x in enumerate(jax.tree.leaves(tree))}
 
 
 def _restore_leaves(template, saved, what, path):
@@ -432,7 +478,8 @@ def meta_train(cfg, log=print):
         first_task = meta_tasks(cfg, cfg["opt"])[0][0]
         theta = r.build(first_task).init_meta_params(
             jax.random.fold_in(jax.random.PRNGKey(cfg["seed"]), 10**6))
-    if not cfg["resume"]:
+    writer = jax.process_index() == 0     # multi-host: process 0 alone writes files
+    if not cfg["resume"] and writer:
         set_aside(path, log)
     base_key = jax.random.PRNGKey(cfg["seed"])
     bounds = stage_bounds(cfg, r.stages)
@@ -442,6 +489,8 @@ def meta_train(cfg, log=print):
         stop["flag"] = True
 
     old_term = signal.signal(signal.SIGTERM, on_term)
+    # multi-host: Ctrl-C is a flag too, so that no process leaves the collectives of the others
+    old_int = signal.signal(signal.SIGINT, on_term) if jax.process_count() > 1 else None
     try:
         while stage_idx < len(r.stages):
             stage = r.stages[stage_idx]
@@ -450,6 +499,10 @@ def meta_train(cfg, log=print):
                 stage_idx += 1
                 run_state = None
                 continue
+            if run_state is None and step == first and stage.start is not None:
+                log(f"stage {stage_idx + 1}/{len(r.stages)} '{stage.name}': θ starts from "
+                    f"{getattr(stage.start, '__name__', 'its start function')}")
+                theta = stage.start(theta, jax.random.fold_in(base_key, 10**6 + stage_idx))
             trainer = Trainer(cfg, stage, theta, jax.random.fold_in(base_key, stage_idx), mesh)
             run = trainer.init()
             if run_state is not None:
@@ -465,18 +518,21 @@ def meta_train(cfg, log=print):
             t_stage = last_save = t_prev = time.time()
             ema = None
 
-            def save():
-                full = {**frozen, **jax.device_get(run.theta)}
+            def save():   # every process gathers (collectives); process 0 writes
+                full = {**frozen, **jax.tree.map(_to_host, run.theta)}
                 state = {"step": np.int64(step), "stage": np.int64(stage_idx),
                          "opt": _leaves_dict(run.opt_state),
                          "pes": {str(i): _leaves_dict(s) for i, s in enumerate(run.pes)}}
+                if not writer:
+                    return
                 save_checkpoint(path, cfg["opt"], full, config=cfg, state=state,
                                 meta={"meta_steps_done": step, "saved_at": time.strftime(STAMP),
                                       **provenance})
                 _write_csv(_csv_path(path), rows)
 
+            stopping = False
             try:
-                while step < last and not stop["flag"]:
+                while step < last and not stopping:
                     run, stats = trainer.step(run, frozen, datas, jax.random.fold_in(base_key, step))
                     loss = float(stats["meta_loss"])   # waits for the step (honest timing)
                     now = time.time()
@@ -487,11 +543,14 @@ def meta_train(cfg, log=print):
                     rate = trainer.inner_steps / max(now - t_prev, 1e-9)
                     progress.update(step, ema, rate, force=step == last)
                     t_prev = now
-                    if now - last_save > cfg["save_every_s"]:
+                    due, stopping = _agree(now - last_save > cfg["save_every_s"], stop["flag"])
+                    if due:
                         save()
                         last_save = now
             except KeyboardInterrupt:
                 stop["flag"] = True
+            if jax.process_count() > 1:
+                stop["flag"] = stopping   # all processes stop after the same meta-step, or none
             theta = {**frozen, **run.theta}
             save()
             if sys.stderr.isatty():
@@ -503,6 +562,12 @@ def meta_train(cfg, log=print):
             stage_idx += 1
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
+    if jax.process_count() > 1:   # θ as host arrays on every process (gathered: a collective)
+        theta = jax.tree.map(_to_host, theta)
+    if not writer:
+        return theta, True
     plot_meta_loss(rows, _plot_path(path))
     log("wrote " + ", ".join(p for p in (path, _csv_path(path), _plot_path(path))
                              if os.path.exists(p)))
@@ -583,8 +648,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()   # multi-host: every host runs this same command
     try:
         overrides = parse_args(argv)
         if "strip" in overrides:          # python train.py --strip PATH [PATH ...]
@@ -600,7 +663,7 @@ def main(argv=None):
         return 2
     if not finished:
         return 130
-    if cfg["eval_steps"] > 0:
+    if cfg["eval_steps"] > 0 and jax.process_index() == 0:   # multi-host: process 0 evaluates
         import evaluate
         names = evaluate.resolve_tasks(cfg["eval_tasks"])
         result = evaluate.compare(cfg["opt"], theta, names, cfg["eval_steps"], cfg["eval_seeds"])

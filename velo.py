@@ -67,8 +67,10 @@ CONTROLS_INIT_SHRINK = 0.01
 LR_MULT_INIT_SHRINK = 0.1
 
 # (LSTM width H, bank size K). paper: VeLO App. B.3 / the released weights (2,320,385 reference
-# meta-parameters, 2,303,233 live). small: "VeLO-S" of Celo §5 and App. A.2, our default for
-# CPU meta-training (see `learned_optimizer`). tiny: the oracle file's size (reference count 1985).
+# meta-parameters, 2,303,233 live). small: the widths of "VeLO-S" (Celo §5 and App. A.2), our
+# default for CPU meta-training (see `learned_optimizer`) — but not Celo's VeLO-S itself, which
+# mixes the bank with a factor of 1.0 where we keep the reference's MIX_SCALE = 100. tiny: the
+# oracle file's size (reference count 1985).
 SIZES = {"paper": (512, 256), "small": (64, 32), "tiny": (8, 4)}
 
 
@@ -226,12 +228,15 @@ def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
                       meta_init=META_INIT):
     """The contract record for one of SIZES.
 
-    "small" (H = 64, K = 32) is Celo's VeLO-S (Celo §5, App. A.2): a published size with
-    published results to compare with (Celo Tables 1, 4, 5), the same LSTM width as Celo's
-    scheduler, and 44,193 live meta-parameters, about Celo's 35.6k that the same PES budget
-    trains. Its LSTM costs 2H·4H ≈ 33k multiply-adds per tensor per step, about the per-parameter
-    work on the small meta-training MLPs (~2.4k parameters × ~150 FLOPs), so CPU meta-training is
-    not dominated by the hypernetwork; the paper size (H = 512) costs 64× that per tensor.
+    "small" (H = 64, K = 32) has the widths of Celo's VeLO-S (Celo §5, App. A.2) — a published
+    size, the same LSTM width as Celo's scheduler, and 44,193 live meta-parameters, about
+    Celo's 35.6k that the same PES budget trains — but it is not Celo's VeLO-S: that mixes the
+    bank with a factor of 1.0, ours with the reference's MIX_SCALE = 100 (θ_t = 100·mean_k
+    C_tk θ_k), so Celo's VeLO-S numbers (Tables 1, 4, 5) are a neighbour to compare with, not
+    the same optimizer. Its LSTM costs 2H·4H ≈ 33k multiply-adds per tensor per step, about the
+    per-parameter work on the small meta-training MLPs (~2.4k parameters × ~150 FLOPs), so CPU
+    meta-training is not dominated by the hypernetwork; the paper size (H = 512) costs 64× that
+    per tensor.
     """
     lstm_hidden, bank = SIZES[size]
     return LearnedOptimizer(f"velo_{size}",

@@ -22,8 +22,9 @@ import lopt
 from conftest import ROOT
 
 CHECKPOINT = os.path.join(ROOT, "checkpoints", "celo_paper.npz")
-# One compiled step shared by the tests (each compilation costs seconds on 2 shared cores).
-_STEP = jax.jit(celo.step, static_argnames="use_scheduler")
+# One compiled step shared by the tests (each compilation costs seconds on 2 shared cores): the
+# reference code's exact step (min_scale=0: no floor under the tensor scale; see the last tests).
+_STEP = jax.jit(functools.partial(celo.step, min_scale=0.0), static_argnames="use_scheduler")
 
 
 def STEP(theta, state, params, grads, loss, use_scheduler=True):
@@ -62,7 +63,7 @@ def paper_theta():
 @functools.lru_cache(maxsize=None)
 def paper_optax():
     """The released optimizer as an optax transformation (N = 300), its update jitted once."""
-    tx = celo.optimizer(checkpoint.load_checkpoint(CHECKPOINT)[1], num_steps=300)
+    tx = celo.optimizer(checkpoint.load_checkpoint(CHECKPOINT)[1], num_steps=300, min_scale=0.0)
     return tx, jax.jit(tx.update)
 
 
@@ -100,8 +101,8 @@ def run_schedule(theta, losses, num_steps):
     def body(carry, loss):
         params, state = carry
         predicted = celo.learning_rate(theta, state, loss)
-        u2, new_state = celo.step(theta, state, params, grads, loss)
-        u1, _ = celo.step(theta, state, params, grads, loss, use_scheduler=False)
+        u2, new_state = celo.step(theta, state, params, grads, loss, min_scale=0.0)
+        u1, _ = celo.step(theta, state, params, grads, loss, use_scheduler=False, min_scale=0.0)
         a, b = (jnp.concatenate([x.ravel() for x in jax.tree.leaves(u)]) for u in (u2, u1))
         measured = jnp.dot(a, b) / jnp.dot(b, b)
         out = (new_state.eta, measured, predicted, features.loss_features(new_state.loss_ema),
@@ -335,7 +336,8 @@ def test_stage1_uses_eta_one_and_ignores_the_scheduler(paper_theta):
     assert stage1.name == "celo_stage1" and stage1.needs_loss
     state = celo.init(paper_theta, params, 100)
     # the record's step is celo.step(use_scheduler=False), which STEP runs below
-    assert stage1.step.func is celo.step and stage1.step.keywords == {"use_scheduler": False}
+    assert stage1.step.func is celo.step and stage1.step.keywords == {"use_scheduler": False,
+                                                                      "min_scale": None}
     u, s = STEP(paper_theta, state, params, grads, 1.0, use_scheduler=False)
     u_sched, _ = STEP(noisy_sched, state, params, grads, 1.0, use_scheduler=False)
     u_rule, _ = STEP(noisy_rule, state, params, grads, 1.0, use_scheduler=False)
@@ -442,3 +444,44 @@ def test_converter_keeps_numeric_group_order_and_drops_dead_parts():
     del ref["ff_mod_stack/~/w0__7"]
     with pytest.raises(ValueError, match="w0__0..w0__12"):
         convert.convert(ref)
+
+
+def test_fitted_scheduler_anneals_at_every_horizon():
+    """Stage 2's start (ours): a short regression fit brings η_t near the cosine prior celo.PRIOR_ETA
+    (1.5 → 0.1) on runs it never saw, so η falls over the run whatever the horizon N."""
+    theta = celo.init_meta_params(jax.random.PRNGKey(0))
+    fitted = celo.with_fitted_scheduler(theta, jax.random.PRNGKey(1), iters=60, length=400)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(theta["rule"]),
+                                                    jax.tree.leaves(fitted["rule"])))
+
+    def etas(sched, n):
+        xs = celo.synthetic_scheduler_inputs(jax.random.PRNGKey(9), n, n)
+        one = lambda hc, x: (lambda e, h, c: ((h, c), e))(*celo.scheduler(sched, x, *hc))
+        return np.asarray(jax.lax.scan(one, (sched["h0"], sched["c0"]), xs)[1])
+
+    for n in (100, 400):
+        before, after = etas(theta["scheduler"], n), etas(fitted["scheduler"], n)
+        target = np.asarray(celo.prior_eta(np.arange(n), n))
+        assert np.all(np.abs(before - 1.0) < 0.3)          # a fresh scheduler is flat at η ≈ 1
+        err = lambda e: np.mean(np.abs(np.log(e / target)))
+        assert err(after) < 0.25 < err(before)              # the fit tracks the prior (log error)
+        assert after[:n // 10].mean() > 1.0 and after[-n // 10:].mean() < 0.25
+
+
+def test_zero_tensor_moves_a_sensible_amount_in_one_step(paper_theta):
+    """Ours: the tensor scale has a floor (celo.MIN_PARAM_SCALE = 1e-2), so an all-zero tensor (a
+    regression from zeros, zero biases, a zero-initialized output layer) takes a first step of
+    1e-3·d·1e-2·η rather than 1e-3·d·3e-5·η: ≈ 300× the reference's, which left such tensors
+    at their start. A tensor whose RMS is above the floor takes exactly the reference's step."""
+    params, grads = readme_problem()                      # b starts at zero, w does not
+    params = dict(params, z=jnp.zeros((5, 3)))
+    grads = dict(grads, z=jnp.full((5, 3), 0.5))
+    state = celo.init(paper_theta, params, 1000)
+    ref, _ = STEP(paper_theta, state, params, grads, 2.0)           # min_scale = 0
+    ours, new = jax.jit(celo.step)(paper_theta, state, params, grads, jnp.float32(2.0))
+    np.testing.assert_allclose(ours["w"], ref["w"], rtol=1e-6)      # RMS(w) > 1e-2: unchanged
+    for n in ("b", "z"):
+        ratio = np.abs(np.asarray(ours[n])) / np.abs(np.asarray(ref[n]))
+        np.testing.assert_allclose(ratio, 1e-2 / np.sqrt(1e-9), rtol=1e-3)
+    step_z = float(jnp.sqrt(jnp.mean(jnp.square(ours["z"]))))
+    assert 1e-6 < step_z < 1e-3, step_z   # a learning-rate-sized move, not 1e-8 or a jump

@@ -411,3 +411,16 @@ def test_real_celo_from_shipped_checkpoint_records_its_schedule():
     assert eta.shape == (2, T) and np.all(np.isfinite(eta)) and np.all(eta > 0)
     np.testing.assert_allclose(eta[0, 0], eta[1, 0], rtol=1e-6)
     assert np.std(eta[0]) > 0                                # a schedule, not a constant
+
+
+def test_every_held_out_task_has_a_family_and_family_scores_are_medians():
+    families = {ev.family(n) for n in ev.HELD_OUT}
+    assert {"MLP classifier", "conv net", "language model", "autoencoder", "regression",
+            "long horizon"} <= families
+    assert ev.family("fmnist8_mlp_96x48_long") == "long horizon"
+    fake = {"tasks": {"fmnist8_mlp_w1024": {"score": 1.0}, "fmnist8_mlp_5x64_ln": {"score": 2.0},
+                      "fmnist8_mlp_w512_bs16": {"score": 4.0}, "devil_lm_2l_4h": {"score": 0.5},
+                      "not_a_suite_task": {"score": 9.0}}}
+    fams = ev.family_scores(fake)
+    assert fams == {"MLP classifier": {"tasks": 3, "median": 2.0, "min": 1.0, "max": 4.0},
+                    "language model": {"tasks": 1, "median": 0.5, "min": 0.5, "max": 0.5}}

@@ -139,6 +139,16 @@ def test_fresh_lopt_is_slowmo_and_one_weight_scales_it_and_slowmo_is_optax_momen
         np.testing.assert_allclose(upd[name], expect, rtol=1e-5)
         assert np.allclose(u, sum(0.8 ** (2 - i) * np.asarray(g[name]) for i, g in
                                   enumerate(grads)), rtol=1e-5)
+    # cosine SlowMo: round r steps −α·½(1 + cos(π r/R))·u; round 0 is SlowMo's step
+    cos = local_sgd.slowmo_cosine(0.7, 0.8)
+    hp = cos.init_meta_params()
+    s1, u = cos.init(hp, params, 3), jax.tree.map(jnp.zeros_like, params)
+    for r, g in enumerate(grads):
+        upd, s1 = cos.step(hp, s1, params, g, 0.0)
+        u = jax.tree.map(lambda u, g: 0.8 * u + g, u, g)
+        for name in params:
+            np.testing.assert_allclose(upd[name], -0.7 * 0.5 * (1 + np.cos(np.pi * r / 3))
+                                       * u[name], rtol=1e-5, atol=1e-7)
     # SlowMo (α, β) = heavy-ball SGD on pseudo-gradients: optax.sgd(α, momentum=β)
     slow = local_sgd.slowmo(0.7, 0.8)
     hp = slow.init_meta_params()
@@ -254,9 +264,102 @@ def test_experiments_quick_writes_table_json_and_plots(tmp_path, capsys):
     for t in r["results"].values():
         finals = {m: np.mean(t["2"][m]["final"]) for m in lx.METHODS}
         assert finals["slowmo"] <= finals["local_sgd"] and all(np.isfinite(list(finals.values())))
+        sgd = t["2"]["local_sgd"]   # a 2-point grid's winner is an edge: widened once (×2, ×½)
+        grid, lr = sgd["local_lr_grid"], sgd["local_lr"]
+        assert len(grid) == 3 and grid == sorted(grid) and lr in grid
+        assert set(lx.QUICK["local_lrs"]) < set(grid)
+        assert grid[2] / grid[1] == 2 == grid[1] / grid[0]
+        assert sgd["lr_at_grid_edge"] == (lr in (grid[0], grid[-1]))
+        assert t["2"]["slowmo_cosine"]["momentum"] in (0.5, 0.9)
     assert (tmp_path / "table.md").read_text().startswith("Local SGD, K = 8")
     assert (tmp_path / "loss_vs_rounds_H2.png").stat().st_size > 0
     capsys.readouterr()
     assert lx.main(["--quick", "--local-steps", "0,x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --local-steps") and err.count("\n") == 1
+
+
+def random_mlp(theta, scale, seed):
+    """θ whose every MLP weight and bias is scale·N(0, 1): a deliberately bad learned update."""
+    leaves, treedef = jax.tree.flatten(theta["mlp"])
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return {**theta, "mlp": treedef.unflatten([scale * jax.random.normal(k, x.shape)
+                                               for k, x in zip(keys, leaves)])}
+
+
+def test_bounded_scales_down_to_the_limit_and_zeroes_non_finite_entries():
+    x = jnp.array([3.0, -4.0, 0.0])
+    np.testing.assert_allclose(local_sgd.bounded(x, 1.0), x / 5.0, rtol=1e-6)  # direction kept
+    np.testing.assert_array_equal(local_sgd.bounded(x, 5.0), x)               # inside: unchanged
+    np.testing.assert_allclose(local_sgd.bounded(jnp.array([jnp.nan, jnp.inf, 2.0]), 1.0),
+                               [0.0, 0.0, 1.0], rtol=1e-6)
+    big = local_sgd.bounded(jnp.array([1e38, -1e38, 1.0]), 2.0)  # no overflow, no flush to 0
+    np.testing.assert_allclose(big, [2 ** 0.5, -2 ** 0.5, 0.0], rtol=1e-5, atol=1e-30)
+    np.testing.assert_array_equal(local_sgd.bounded(jnp.zeros(3), 0.0), jnp.zeros(3))
+
+
+def test_a_bad_theta_cannot_blow_up_the_loss(ts):
+    """The safeguard (module docstring): ‖residual‖ ≤ ½‖α0·u‖ keeps every update within 30° of
+    SlowMo(1, 0.8)'s step. θ with random MLP weights of scale 3 (finite, wrong directions) or
+    1000 (non-finite outputs), or one that reverses the nominal step ten times over, still lowers
+    the loss; unbounded, the same θ blows the loss up (so the test bites)."""
+    lopt = local_sgd.lopt()
+    theta = lopt.init_meta_params(jax.random.PRNGKey(0))
+    w = jnp.zeros_like(theta["mlp"]["w2"]).at[0, 0].set(-10.0).at[1, 0].set(10.0)
+    reverse = {**theta, "mlp": {**theta["mlp"], "w2": w, "b2": jnp.zeros(2)}}  # d = −10·n(u)
+    for update in (lopt, local_sgd.lagg(4)):
+        base = update.init_meta_params(jax.random.PRNGKey(0))
+        bad = [random_mlp(base, s, seed) for s in (3.0, 1e3) for seed in (1, 2)]
+        if not update.all_deltas:
+            bad.append(reverse)
+        for bound in (local_sgd.RESIDUAL_BOUND, None):
+            step = partial(local_sgd.learned_step, all_deltas=update.all_deltas,
+                           residual_bound=bound)
+            run = jax.jit(partial(local_sgd.train, ts, update._replace(step=step), num_rounds=40,
+                                  num_workers=4, local_steps=4, local_lr=0.1))
+            finals = []
+            for th in bad:
+                losses = np.asarray(run(th, ts.data, jax.random.PRNGKey(2))[1])
+                finals.append(losses[-5:].mean() / losses[0])
+            if bound is None:
+                assert not all(np.isfinite(f) and f <= 1.0 for f in finals), (update.name, finals)
+            else:
+                assert all(np.isfinite(f) and f <= 1.0 for f in finals), (update.name, finals)
+
+
+def test_lopt_paper_outputs_the_whole_update_starting_at_local_sgd(ts):
+    """The paper's form: no nominal term and no u column; a fresh θ is plain averaging up to
+    exp(λ2·m) ≈ 1 ± 1e-3 (d = n(g), m random); any θ's update is finite and at most
+    ‖Δ̄‖/(1 − β0) per tensor; it runs under PES and is registered."""
+    import registry
+    paper = local_sgd.lopt_paper()
+    theta = paper.init_meta_params(jax.random.PRNGKey(0))
+    time_features = len(local_sgd.features.TIME_SCALES)
+    assert theta["mlp"]["w0"].shape[0] == local_sgd.U_COLUMN + time_features   # no n(u)
+    params = ts.init(jax.random.PRNGKey(8))
+    grads = [jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(i), p.shape), params)
+             for i in range(3)]
+    state = paper.init(theta, params, 3)
+    for g in grads:
+        upd, state = paper.step(theta, state, params, g, 0.0)
+        for name in params:
+            np.testing.assert_allclose(upd[name], -g[name], rtol=5e-3, atol=1e-6)
+    huge = random_mlp(theta, 1e3, 1)
+    for scale in (1.0, 1e3):
+        state = paper.init(huge, params, 3)
+        for g in grads:
+            g = jax.tree.map(lambda x: scale * x, g)
+            upd, state = paper.step(huge, state, params, g, 0.0)
+            for name in params:
+                assert np.all(np.isfinite(upd[name]))
+                assert float(local_sgd.norm(upd[name])) <= \
+                    local_sgd.PAPER_UPDATE_BOUND * float(local_sgd.norm(g[name])) * (1 + 1e-5)
+    assert registry.OPTIMIZERS["local_sgd_lopt_paper"].build(None).name == "local_sgd_lopt_paper"
+    prob = local_sgd.make_problem(ts, paper, num_workers=2, local_steps=2, local_lr=LR)
+    cfg = pes.Config(num_pairs=2, truncation=3, min_horizon=4, max_horizon=6)
+    groups = tasks.stack_data([ts.data])
+    pstate = pes.init(prob, cfg, theta, {}, groups, jax.random.PRNGKey(1))
+    g, _, stats = jax.jit(partial(pes.gradient, prob, cfg))(theta, {}, groups, pstate,
+                                                            jax.random.PRNGKey(2))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+    assert 0 < float(stats.meta_loss) < 1

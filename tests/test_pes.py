@@ -5,7 +5,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from conftest import run_on_two_devices
 
 import pes
@@ -135,6 +134,23 @@ def test_nan_losses_are_capped_counted_and_never_reach_theta():
     # NaN counts as the worst loss, so the estimate points away from the NaN side (θ up → NaN)
     assert float(g["log_lr"]) > 0
     assert bool(jnp.all(jnp.isfinite(stats.meta_loss)))
+
+
+def test_a_pair_with_a_non_finite_loss_restarts_at_the_next_truncation():
+    """The documented choice (pes.py docstring): a dead pair is not run on to its horizon scoring
+    the cap (the reference's way) but restarts at the next truncation, with ξ reset."""
+    prob = quadratic_problem(nan_above=0.0)
+    cfg = pes.Config(num_pairs=8, truncation=4, min_horizon=40, max_horizon=40)
+    theta = {"log_lr": jnp.float32(-0.005)}          # θ+ε > 0 for about half of the pairs
+    state = pes.init(prob, cfg, theta, None, {}, jax.random.PRNGKey(0), random_offsets=False)
+    grad_fn = jax.jit(partial(pes.gradient, prob, cfg))
+    _, state, _ = grad_fn(theta, None, {}, state, jax.random.PRNGKey(1))
+    dead = np.asarray(state.dead)
+    assert dead.any() and not dead.all() and np.all(np.asarray(state.t) == 4)  # horizon 40
+    _, new, stats = grad_fn(theta, None, {}, state, jax.random.PRNGKey(2))
+    # dead pairs ran this truncation from step 0 of a new run; the others went on to step 8
+    np.testing.assert_array_equal(np.asarray(new.t), np.where(dead, 4, 8))
+    assert int(stats.resets) == int(dead.sum())
 
 
 def test_loss_normalization():

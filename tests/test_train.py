@@ -1,5 +1,6 @@
 """train.py: resumable meta-training, atomic checkpoints, one compile, clear errors."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -7,8 +8,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import celo
 import checkpoint
 import registry
 import small_fc_lopt
@@ -124,12 +127,19 @@ def test_settings_block_is_overridable():
     assert cfg["out"] == os.path.join("runs", "small_fc_lopt", "small_fc_lopt.npz")
 
 
-def test_celo_stage2_trains_only_the_scheduler(tmp_path):
+def test_celo_stage2_trains_only_the_scheduler(tmp_path, monkeypatch):
+    monkeypatch.setattr(celo, "FIT_ITERS", 3)      # stage 2's start: a short fit of the scheduler
+    monkeypatch.setattr(celo, "FIT_LENGTH", 60)
     kw = dict(opt="celo", meta_lr=1e-2, final_lr=1e-2)
+    logs = []
     stage1 = tiny_cfg(tmp_path / "s", meta_steps=2, stage1_steps=2, **kw)
-    theta1, _ = train.meta_train(stage1, log=quiet)
+    theta1, _ = train.meta_train(stage1, log=logs.append)
     theta2, _ = train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=4, stage1_steps=2,
-                                          resume=True, **kw), log=quiet)
+                                          resume=True, **kw), log=logs.append)
+    train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=5, stage1_steps=2, resume=True, **kw),
+                     log=logs.append)                 # resumed inside stage 2: no second start
+    starts = [m for m in logs if "starts from with_fitted_scheduler" in m]
+    assert len(starts) == 1 and "stage 2/2" in starts[0]
     init = registry.recipe("celo").build(None).init_meta_params(jax.random.fold_in(jax.random.PRNGKey(0), 10 ** 6))
     changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert changed(init["rule"], theta1["rule"]) and not changed(init["scheduler"], theta1["scheduler"])
@@ -291,3 +301,34 @@ def test_recipe_settings_must_name_a_setting(monkeypatch):
     with pytest.raises(train.ConfigError, match="meta_rl"):
         train.resolve({"opt": "small_fc_lopt"})
     assert train.main(["--opt", "typo", "--meta-steps", "1"]) == 2
+
+
+def test_the_documented_celo_recipe_is_the_registry_s():
+    """docs/celo.md's recipe table against train.resolve (not a copy of its numbers)."""
+    text = open(os.path.join(ROOT, "docs", "celo.md")).read()
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", text, flags=re.M)
+    assert len(rows) >= 15
+    cfg = train.resolve({"opt": "celo"})
+    for key, value in rows:
+        assert str(cfg[key]) == value, (key, value, cfg[key])
+
+
+def test_grad_clip_is_a_global_norm_clip_and_zero_turns_it_off():
+    """Two PES estimates of norms 173 and 1.7: with grad_clip 1 AdamW sees both at norm 1;
+    with grad_clip 0 it sees them as they are (optax.adamw with the recipe's settings)."""
+    gs = [{"w": jnp.full((3,), 100.0)}, {"w": jnp.array([1.0, -1.0, 1.0])}]
+    params = {"w": jnp.zeros(3)}
+
+    def run(tx, grads):
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(u["w"])
+        return out
+
+    ref = optax.adamw(3e-4, weight_decay=1e-4)
+    unit = [jax.tree.map(lambda x, g=g: x / optax.global_norm(g), g) for g in gs]
+    for clip, seen in ((1.0, unit), (0.0, gs)):
+        tx = train.meta_optimizer(train.resolve({"opt": "celo", "grad_clip": clip}))
+        for a, b in zip(run(tx, gs), run(ref, seen)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)

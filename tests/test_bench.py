@@ -1,0 +1,44 @@
+"""bench.py's PES scaling figures, at a tiny size: the keys are there and the values are positive
+and finite (no timing is asserted: this machine's speed is not the test's business)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--pes-opt", "small_fc_lopt", "--pes-pairs", "4", "--pes-truncation", "5",
+        "--pes-task", "quadratic"]
+
+
+def positive(x):
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.skipif(len(bench.one_thread_counts()) < 2, reason="needs 2 cores and CPU affinity")
+def test_one_thread_per_device_scaling_is_in_the_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cache = os.environ.get("LOPT_JAX_CACHE", os.path.join(ROOT, ".cache", "jax"))
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--skip",
+                        "steps,cost,pes_shared", *TINY, "--json", str(out)],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for n in bench.one_thread_counts():
+        assert positive(result[f"pes_inner_steps_per_s_{n}dev_1thread"])
+    assert positive(result["pes_scaling_2dev_1thread"])
+    assert "pes_scaling_2dev" not in result              # the shared-cores figure was skipped
+    assert result["pes_size"] == {"pairs": 4, "truncation": 5, "task": "quadratic"}
+
+
+def test_device_mode_measures_the_default_backend():
+    result = bench.pes_scaling_device("small_fc_lopt", (4, 5, "quadratic"))
+    assert result["pes_backend"] == "cpu"                # the tests run on the CPU
+    assert positive(result["pes_inner_steps_per_s_1dev"])
