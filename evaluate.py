@@ -186,6 +186,10 @@ VALIDATION: dict[str, SuiteTask] = {
                                        1, "regression onto a 24→128→2 teacher, GELU student"),
     "quadratic_d64_k1e3": SuiteTask("quadratic", dict(dim=64, condition=1e3, noise=0.3, seed=1),
                                     1, "noisy quadratic, 64 dims, condition number 1e3"),
+    "fmnist8inv_mlp_64x32_long": SuiteTask("image_mlp", dict(dataset=F8I, hidden=(64, 32),
+                                                             batch_size=64),
+                                           LONG_HORIZON, f"{LONG_HORIZON}× the base horizon, "
+                                           "MLP 64→32 on inverted 8×8 images"),
     "devil_reversed_lm_ctx24": SuiteTask("byte_lm", dict(context=24, embed=24, hidden=96,
                                                          layers=1, heads=2, batch_size=24,
                                                          reverse=True),

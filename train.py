@@ -212,7 +212,7 @@ class Trainer:
         self.trainable, self.frozen = split_theta(theta, stage.trainable)
         self.pes_cfgs, self.problems, self.datas = [], [], []
         for group in self.groups:
-            lopt = r.build(group[0], **dict(stage.build_kwargs))
+            lopt = r.build(group[0], **dict(stage.build_kwargs), **dict(stage.train_kwargs))
             self.problems.append(make_problem(group[0], lopt, cfg["augment"], cfg["tau_range"]) if r.problem is None
                                  else r.problem(group[0], lopt, cfg))
             self.pes_cfgs.append(pes.Config(cfg["pairs_per_task"] * len(group), cfg["truncation"],
@@ -450,6 +450,7 @@ def meta_train(cfg, log=print):
     path = cfg["out"]
     mesh = pes.make_mesh() if len(jax.devices()) > 1 else None
     step, stage_idx, run_state, rows, provenance = 0, 0, None, [], {}
+    started = set()       # stages whose Stage.start has run (kept in the checkpoint's meta)
     source = path if cfg["resume"] else cfg["init"]
     flag = "--resume" if cfg["resume"] else "--init"
     if source:
@@ -458,6 +459,7 @@ def meta_train(cfg, log=print):
             raise CheckpointError(f"{source} holds a {name} run, not {cfg['opt']}")
         init_from = cfg["init"] or meta.get("init")        # kept by --resume, as provenance
         provenance = {"init": init_from} if init_from else {}
+        started = set(filter(None, str(meta.get("stages_started", "")).split(",")))
         if "step" in state:   # a full run state: its recipe, step, AdamW and PES state go on
             for k in SETTINGS:
                 if k not in NON_RECIPE and k in saved_cfg and saved_cfg[k] != cfg[k]:
@@ -495,14 +497,17 @@ def meta_train(cfg, log=print):
         while stage_idx < len(r.stages):
             stage = r.stages[stage_idx]
             first, last = bounds[stage_idx]
-            if step >= last:        # this stage finished before the checkpoint was written
+            starts = (run_state is None and step == first and stage.start is not None
+                      and str(stage_idx) not in started)
+            if step >= last and not starts:   # finished before the checkpoint was written
                 stage_idx += 1
                 run_state = None
                 continue
-            if run_state is None and step == first and stage.start is not None:
+            if starts:   # once per run, even for a stage of 0 meta-steps (e.g. Celo's fit)
                 log(f"stage {stage_idx + 1}/{len(r.stages)} '{stage.name}': θ starts from "
                     f"{getattr(stage.start, '__name__', 'its start function')}")
                 theta = stage.start(theta, jax.random.fold_in(base_key, 10**6 + stage_idx))
+                started.add(str(stage_idx))
             trainer = Trainer(cfg, stage, theta, jax.random.fold_in(base_key, stage_idx), mesh)
             run = trainer.init()
             if run_state is not None:
@@ -527,7 +532,7 @@ def meta_train(cfg, log=print):
                     return
                 save_checkpoint(path, cfg["opt"], full, config=cfg, state=state,
                                 meta={"meta_steps_done": step, "saved_at": time.strftime(STAMP),
-                                      **provenance})
+                                      "stages_started": ",".join(sorted(started)), **provenance})
                 _write_csv(_csv_path(path), rows)
 
             stopping = False

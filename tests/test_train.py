@@ -127,23 +127,38 @@ def test_settings_block_is_overridable():
     assert cfg["out"] == os.path.join("runs", "small_fc_lopt", "small_fc_lopt.npz")
 
 
-def test_celo_stage2_trains_only_the_scheduler(tmp_path, monkeypatch):
+def test_celo_stage2_starts_once_from_the_fit_then_trains_only_the_scheduler(tmp_path,
+                                                                                 monkeypatch):
+    """Stage 2's start (the fitted scheduler) runs once per run: at the end of stage 1 even when
+    stage 2 has 0 meta-steps (the default recipe), never again on --resume nor on --init from a
+    stripped checkpoint that had it; stage 2's PES then moves the scheduler alone."""
     monkeypatch.setattr(celo, "FIT_ITERS", 3)      # stage 2's start: a short fit of the scheduler
     monkeypatch.setattr(celo, "FIT_LENGTH", 60)
-    kw = dict(opt="celo", meta_lr=1e-2, final_lr=1e-2)
+    kw = dict(opt="celo", meta_lr=1e-2, final_lr=1e-2, stage1_steps=2)
     logs = []
-    stage1 = tiny_cfg(tmp_path / "s", meta_steps=2, stage1_steps=2, **kw)
-    theta1, _ = train.meta_train(stage1, log=logs.append)
-    theta2, _ = train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=4, stage1_steps=2,
-                                          resume=True, **kw), log=logs.append)
-    train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=5, stage1_steps=2, resume=True, **kw),
-                     log=logs.append)                 # resumed inside stage 2: no second start
-    starts = [m for m in logs if "starts from with_fitted_scheduler" in m]
-    assert len(starts) == 1 and "stage 2/2" in starts[0]
+    starts = lambda: [m for m in logs if "starts from with_fitted_scheduler" in m]
+    theta1, _ = train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=2, **kw), log=logs.append)
+    assert len(starts()) == 1 and "stage 2/2" in starts()[0]      # stage 2 of 0 meta-steps
+    theta2, _ = train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=4, resume=True, **kw),
+                                 log=logs.append)
+    train.meta_train(tiny_cfg(tmp_path / "s", meta_steps=5, resume=True, **kw), log=logs.append)
+    checkpoint.strip_checkpoint(str(tmp_path / "s" / "run.npz"), str(tmp_path / "stripped.npz"))
+    train.meta_train(tiny_cfg(tmp_path / "i", meta_steps=6, init=str(tmp_path / "stripped.npz"),
+                              **kw), log=logs.append)
+    assert len(starts()) == 1
     init = registry.recipe("celo").build(None).init_meta_params(jax.random.fold_in(jax.random.PRNGKey(0), 10 ** 6))
     changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    assert changed(init["rule"], theta1["rule"]) and not changed(init["scheduler"], theta1["scheduler"])
+    assert changed(init["rule"], theta1["rule"]) and changed(init["scheduler"], theta1["scheduler"])
     assert not changed(theta1["rule"], theta2["rule"]) and changed(theta1["scheduler"], theta2["scheduler"])
+
+
+def test_celo_meta_trains_without_the_floor_and_is_used_with_it():
+    """Meta-training builds Celo with min_scale 0 (the reference step: τ-augmentation rescales
+    weights by up to 1e3); make_optax, evaluation and users get the floor."""
+    r = registry.recipe("celo")
+    assert all(dict(s.train_kwargs) == {"min_scale": 0.0} for s in r.stages)
+    assert "min_scale" not in dict(r.stages[-1].build_kwargs)
+    assert celo.MIN_PARAM_SCALE > 0
 
 
 def test_augmented_inner_loss_is_the_plain_loss_at_tau_w():
