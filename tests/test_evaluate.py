@@ -269,7 +269,8 @@ def test_suite_is_held_out_and_builds():
     kinds = {e.builder for e in ev.TEST.values()}
     assert kinds >= {"image_mlp", "image_conv", "image_autoencoder", "byte_lm",
                      "teacher_student", "linear_regression", "logistic_regression"}
-    assert 6 <= len(ev.VALIDATION) <= 8
+    assert 6 <= len(ev.VALIDATION) <= 10
+    assert max(e.horizon for e in ev.VALIDATION.values()) >= 3   # a long run in each suite
     # the check itself can fail: the meta-training task and a family member are detected
     assert in_meta_training_family(ev.SuiteTask("image_mlp", dict(hidden=(32,)), 1, ""))
     assert in_meta_training_family(ev.SuiteTask("byte_lm", {}, 1, ""))
@@ -424,3 +425,11 @@ def test_every_held_out_task_has_a_family_and_family_scores_are_medians():
     fams = ev.family_scores(fake)
     assert fams == {"MLP classifier": {"tasks": 3, "median": 2.0, "min": 1.0, "max": 4.0},
                     "language model": {"tasks": 1, "median": 0.5, "min": 0.5, "max": 0.5}}
+
+
+def test_the_long_validation_task_trains_with_adam():
+    """The newest suite member builds, and a few Adam steps lower its loss."""
+    task, horizon = ev.suite_task("fmnist8inv_mlp_64x32_long")
+    assert horizon == ev.LONG_HORIZON and ev.family("fmnist8inv_mlp_64x32_long") == "long horizon"
+    losses, _ = ev.run_curves(task, lambda _: ev.baseline_tx("adam", 1e-2), None, 40, [0])
+    assert losses[0, -5:].mean() < 0.8 * losses[0, :5].mean()
