@@ -87,8 +87,8 @@ stage1_steps = 500         # two-stage optimizers (Celo §3): meta-steps of stag
 weight_decay = 1e-4        # AdamW weight decay (μLO, Celo App. A.3)
 grad_clip = 1.0            # global-norm clip of the PES gradient before AdamW. Ours: neither
                            # paper clips. A PES estimate from 8–16 pairs has norm ≫ 1, so the
-                           # clip binds on nearly every step (12,905 of the shipped Celo's
-                           # 13,000) and AdamW sees ĝ/‖ĝ‖: each estimate weighs the same, and
+                           # clip binds on nearly every step (12,905 of our earlier Celo
+                           # run's 13,000) and AdamW sees ĝ/‖ĝ‖: each estimate weighs the same, and
                            # one noise spike cannot inflate Adam's second moment for the next
                            # ~1/(1−β₂) steps. Not ablated (docs/celo.md); 0 or inf: no clip
 save_every_s = 120.0       # checkpoint every so many seconds, and on Ctrl-C / SIGTERM

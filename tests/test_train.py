@@ -342,7 +342,7 @@ def test_grad_clip_is_a_global_norm_clip_and_zero_turns_it_off():
         return out
 
     ref = optax.adamw(3e-4, weight_decay=1e-4)
-    unit = [jax.tree.map(lambda x, g=g: x / optax.global_norm(g), g) for g in gs]
+    unit = [jax.tree.map(lambda x, g=g: x / optax.tree.norm(g), g) for g in gs]
     for clip, seen in ((1.0, unit), (0.0, gs)):
         tx = train.meta_optimizer(train.resolve({"opt": "celo", "grad_clip": clip}))
         for a, b in zip(run(tx, gs), run(ref, seen)):
