@@ -11,8 +11,8 @@ run big" protocol for every contender):
                                 [--contenders celo2,celo2_base,adamw,muon] [--theta-init]
                                 [--constant-baselines] [--out DIR]
 
-Tuning: ADAM_LRS (evaluate.py) on the smallest LM, the lr with the lowest mean over seeds of the
-final loss (evaluate.pick_best, as evaluate.py tunes Adam); that lr at every size. Final loss =
+Tuning: ADAM_LRS (baselines.py) on the smallest LM, the lr with the lowest mean over seeds of the
+final loss (baselines.pick_best, as evaluate.py tunes Adam); that lr at every size. Final loss =
 metrics.final_training_loss (EMA 0.9, last 10 steps), mean over seeds; advantage of X over AdamW
 = L_adamw / L_X (Celo Eq. (11) with the reused AdamW as reference). Writes OUT/results.json,
 OUT/table.md, OUT/loss_vs_steps.png and OUT/final_loss_vs_params.png (--quick: OUT/quick/).
@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import baselines
 import celo2
+import engine
 import evaluate
 import metrics
 import tasks
@@ -46,7 +48,7 @@ CONTEXT = 16                       # bytes per sequence
 BATCH_SIZE = 16                    # sequences per step
 STEPS = 500                        # --steps: inner steps of every run
 SEEDS = 2                          # --seeds: runs per (contender, size); tuned on the same seeds
-LRS = evaluate.ADAM_LRS            # the lr grid every contender is tuned over (1e-4 … 1e-1)
+LRS = baselines.ADAM_LRS           # the lr grid every contender is tuned over (1e-4 … 1e-1)
 CONTENDERS = ("celo2", "celo2_base", "adamw", "muon")   # --contenders (adamw is the reference)
 LEARNED = tuple(evaluate.LR_OPTIMIZERS)                 # celo2, celo2_base: θ from CHECKPOINTS
 CHECKPOINTS = {n: ROOT / "checkpoints" / f"{n}.npz" for n in LEARNED}
@@ -54,7 +56,7 @@ COMPILE_CACHE_DIR = evaluate.COMPILE_CACHE_DIR     # persistent XLA cache of ful
 BASELINE_COSINE = True             # --constant-baselines: False. AdamW and Muon decay their lr by
                                    # celo2.cosine_schedule over the run, as celo2 does by default,
                                    # so the comparison is of update rules, not of schedules
-# AdamW and Muon are evaluate.baseline_tx: optax.adamw(lr, weight_decay=ADAMW_WEIGHT_DECAY = 1e-2),
+# AdamW and Muon are baselines.baseline_tx: optax.adamw(lr, weight_decay=ADAMW_WEIGHT_DECAY = 1e-2),
 # optax.contrib.muon(lr) at optax's defaults; celo2 runs with weight decay 0 (celo2.WEIGHT_DECAY).
 QUICK = dict(sizes=((8, 1), (16, 1)), steps=12, seeds=1, lrs=(1e-3, 1e-2), out=OUT / "quick",
              contenders=("celo2", "adamw"))  # one learned, one baseline: each (size, learned
@@ -77,8 +79,8 @@ def num_params(task):
 
 
 def baseline(name, lr, steps, cosine):
-    """evaluate.baseline_tx(name) with its lr decayed by celo2.cosine_schedule (cosine=True)."""
-    return evaluate.baseline_tx(name, celo2.cosine_schedule(lr, steps) if cosine else lr)
+    """baselines.baseline_tx(name) with its lr decayed by celo2.cosine_schedule (cosine=True)."""
+    return baselines.baseline_tx(name, celo2.cosine_schedule(lr, steps) if cosine else lr)
 
 
 def curves(name, task, lrs, cfg, thetas):
@@ -87,9 +89,9 @@ def curves(name, task, lrs, cfg, thetas):
     if name in LEARNED:
         return evaluate.learned_lr_curves(name, task, steps, seeds, thetas[name], lrs)
     make = lambda lr: baseline(name, lr, steps, cfg["cosine"])
-    return evaluate.run_curves(task, make, jnp.asarray(lrs, jnp.float32), steps, seeds,
-                               grid=True, cache_key=("celo2_experiments", name, cfg["cosine"],
-                                                     task.init, task.loss, steps))[0]
+    return engine.run_curves(task, make, jnp.asarray(lrs, jnp.float32), steps, seeds,
+                             grid=True, cache_key=("celo2_experiments", name, cfg["cosine"],
+                                                   task.init, task.loss, steps))[0]
 
 
 def run(cfg, thetas, log):
@@ -104,9 +106,9 @@ def run(cfg, thetas, log):
         t0 = time.time()
         s["contenders"] = {}
         for name in cfg["contenders"]:
-            if i == 0:   # tune: the grid's best (evaluate.pick_best: lowest mean final loss)
-                tuned = evaluate.pick_best(name, s["task"], cfg["lrs"],
-                                           curves(name, s["task"], cfg["lrs"], cfg, thetas))
+            if i == 0:   # tune: the grid's best (baselines.pick_best: lowest mean final loss)
+                tuned = baselines.pick_best(name, s["task"], cfg["lrs"],
+                                            curves(name, s["task"], cfg["lrs"], cfg, thetas))
                 chosen[name], edge[name] = float(tuned.lrs[tuned.best]), tuned.at_edge
                 losses = tuned.best_losses
             else:
@@ -164,7 +166,7 @@ def to_json(res, cfg, seconds):
                        "contenders": list(cfg["contenders"]), "context": CONTEXT,
                        "batch_size": BATCH_SIZE, "mlp_ratio": MLP_RATIO, "heads": HEADS,
                        "baseline_schedule": "cosine" if cfg["cosine"] else "constant",
-                       "adamw_weight_decay": evaluate.ADAMW_WEIGHT_DECAY,
+                       "adamw_weight_decay": baselines.ADAMW_WEIGHT_DECAY,
                        "theta": cfg["theta_source"]},
             "lr": res["lrs"], "lr_at_grid_edge": res["lr_at_grid_edge"], "seconds": round(seconds),
             "sizes": [{"embed": s["embed"], "layers": s["layers"], "params": s["params"],

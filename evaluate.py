@@ -5,15 +5,15 @@ trained T steps with 3 seeds; the training loss is smoothed by an EMA (0.9) and 
 the mean over the last 10 batches; the normalized final-loss score is s = L_adam / L_opt (Eq. (11))
 and the speedup s = T / T_opt (Eq. (12)), T_opt the first step reaching tuned Adam's final loss
 (0 if never); M×N scores are aggregated by IQM, median, mean and optimality gap with stratified
-bootstrap 95% CIs (Agarwal et al. 2021, rliable), all computed by metrics.py. This file holds
-the held-out VALIDATION and TEST suites, the tuned optax baselines (cached on disk), plots, a Python
-API and the CLI:
+bootstrap 95% CIs (Agarwal et al. 2021, rliable), all computed by metrics.py. suite.py holds the
+held-out VALIDATION and TEST suites, engine.py the training runs, baselines.py the tuned optax
+baselines (cached on disk); this file scores, plots, and holds the Python API and the CLI:
 
     python evaluate.py --opt NAME [--checkpoint PATH] [--tasks validation|test|quick|name,name]
                        [--seeds N] [--steps T] [--json PATH] [--plots DIR] [--tune-lr]
 
 Choose recipes and checkpoints on VALIDATION only; TEST (alias: all) is only reported. The two
-share no (dataset, architecture) pair (task_signature below, test-checked).
+share no (dataset, architecture) pair (suite.task_signature, test-checked).
 
 NAME is a baseline (adam, adamw, sgdm, muon: tuned per task over a log grid of learning rates) or
 a learned optimizer of train.OPTIMIZERS (default θ: its checkpoint in checkpoints/). --tune-lr
@@ -33,14 +33,11 @@ Choices the papers leave open, made here on purpose:
   speedup (Adam itself scores > 1 on such tasks);
 - median and mean are over tasks of per-task mean scores, IQM and optimality gap over all
   M×N scores (rliable's definitions); CIs: stratified bootstrap over seeds, percentile method;
-- --steps T is the base horizon: the long-horizon task runs LONG_HORIZON × T.
+- --steps T is the base horizon: the long-horizon task runs suite.LONG_HORIZON × T.
 """
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
-import inspect
 import json
 import math
 import sys
@@ -57,7 +54,10 @@ import celo2
 import metrics
 import registry
 import tasks as tasks_lib
-from checkpoint import CheckpointError, atomic_write, load_checkpoint
+from baselines import ADAM_LRS, BASELINE_LRS, CACHE_DIR, Tuned, pick_best, tune_baseline
+from checkpoint import CheckpointError, load_checkpoint
+from engine import run_curves
+from suite import EvaluateError, family_scores, resolve_tasks, suite_task
 
 # ----------------------------------------------------------------------------------------------
 # Settings: plain module-level values; the command line overrides the first block.
@@ -66,409 +66,15 @@ OPT = "celo"               # --opt: optimizer to evaluate (a baseline or a train
 CHECKPOINT = None          # --checkpoint: θ of a learned optimizer (None: checkpoints/{OPT}.npz)
 TASKS = "quick"            # --tasks: validation | test (= all) | quick | name,name,...
 SEEDS = 3                  # --seeds: runs per task (Celo App. A.3: 3 seeds per task)
-STEPS = 1000               # --steps: base horizon T; the long-horizon task runs LONG_HORIZON × T
+STEPS = 1000               # --steps: base horizon T; the long task runs suite.LONG_HORIZON × T
 JSON_PATH = None           # --json: write the results here
 PLOTS_DIR = None           # --plots: write PNG plots here
 ROOT = Path(__file__).resolve().parent
-CACHE_DIR = ROOT / "runs" / "baselines"     # --cache: tuned-baseline curves ("none": no cache)
+# CACHE_DIR (--cache): baselines.CACHE_DIR, where tuned-baseline curves are cached ("none":
+# no cache)
 COMPILE_CACHE_DIR = ROOT / "runs" / "jax_cache"  # the CLI's persistent XLA compilation cache
 
-# Baselines: optax, tuned per task over the learning rate only (log grid, half-decade spacing)
-ADAM_LRS = tuple(float(10.0 ** e) for e in np.arange(-4.0, -0.99, 0.5))   # 1e-4 … 1e-1 (7)
-SGDM_LRS = tuple(float(10.0 ** e) for e in np.arange(-3.0, 0.01, 0.5))    # 1e-3 … 1 (7)
-SGD_MOMENTUM = 0.9         # heavy-ball momentum (the usual default)
-ADAMW_WEIGHT_DECAY = 1e-2  # decoupled weight decay (PyTorch's AdamW default; not tuned)
-                           # muon: optax.contrib.muon(lr) at optax's defaults (Muon on 2-D
-                           # params, Adam on the rest), tuned over ADAM_LRS
 PLOT_BASELINES = ("adam", "adamw", "sgdm")  # tuned baselines drawn in the aggregate plot
-
-LONG_HORIZON = 5           # the long-horizon task trains 5× the base horizon (5000 steps)
-
-
-class EvaluateError(Exception):
-    """A bad name, option or checkpoint; the CLI prints `error: <message>` and exits 2."""
-
-
-# ----------------------------------------------------------------------------------------------
-# The held-out suites: CPU-sized analogues of Celo §5.3, none in the meta-training family
-# (tasks.celo_meta_training_tasks is MLP 64→32→10, batch 64, and tasks.sample_task_family draws
-# uniform widths {16,32,64,128}, depths 1–3, activations relu/tanh/gelu/sigmoid/elu, batch sizes
-# {32,64,128}, convs with 3×3 kernels, AEs (32,8,32)/(64,16,64)/(128,32,128), 2-head LMs with
-# hidden = 2·embed, teacher–student with in_dim ≤ 32, width ≤ 64, depth ≤ 2 and no noise).
-# Every task below differs from that support in at least one structural option (test-checked).
-# VALIDATION chooses recipes and checkpoints; TEST is only reported. No (dataset, architecture)
-# signature is in both (test-checked), so a choice made on VALIDATION meets new data or a new
-# architecture on TEST.
-# ----------------------------------------------------------------------------------------------
-class SuiteTask(NamedTuple):
-    builder: str          # a tasks.py builder
-    kwargs: dict          # its options
-    horizon: int          # steps = horizon × the base steps
-    about: str            # what it tests, one line
-
-    def build(self) -> tasks_lib.Task:
-        return getattr(tasks_lib, self.builder)(**self.kwargs)
-
-
-F8, F16 = "fashion_mnist_8x8", "fashion_mnist_16x16"
-F8I, F8C5 = "fashion_mnist_8x8_inverted", "fashion_mnist_8x8_5class"
-TEST: dict[str, SuiteTask] = {
-    "fmnist8_mlp_w1024": SuiteTask("image_mlp", dict(dataset=F8, hidden=(1024,), batch_size=64),
-                                   1, "32× wider than meta-training (64→1024→10, ReLU)"),
-    "fmnist8_mlp_5x64_ln": SuiteTask("image_mlp", dict(dataset=F8, hidden=(64,) * 5,
-                                                       layernorm=True, batch_size=64),
-                                     1, "deeper: 5 hidden layers of 64 with layer norm"),
-    "fmnist16_mlp_3x128_silu": SuiteTask("image_mlp", dict(dataset=F16, hidden=(128,) * 3,
-                                                           activation="silu", batch_size=64),
-                                         1, "3×128 MLP, SiLU (unseen activation), 16×16 input"),
-    "fmnist8_mlp_w512_bs16": SuiteTask("image_mlp", dict(dataset=F8, hidden=(512,),
-                                                         batch_size=16),
-                                       1, "512-wide, batch 16 (noisy gradients)"),
-    "fmnist8_mlp_2x128_tanh_bs256": SuiteTask("image_mlp", dict(dataset=F8, hidden=(128, 128),
-                                                                activation="tanh",
-                                                                batch_size=256),
-                                              1, "2×128 tanh MLP, batch 256"),
-    "fmnist8_mlp_96x48_long": SuiteTask("image_mlp", dict(dataset=F8, hidden=(96, 48),
-                                                          batch_size=64),
-                                        LONG_HORIZON, f"{LONG_HORIZON}× the base horizon, "
-                                        "tapered MLP 96→48"),
-    "fmnist8_conv_k5_8x16": SuiteTask("image_conv", dict(dataset=F8, channels=(8, 16),
-                                                         kernel=5, batch_size=32),
-                                      1, "conv net, 5×5 kernels (the family's are 3×3)"),
-    "fmnist8_ae_256x64x256": SuiteTask("image_autoencoder", dict(dataset=F8,
-                                                                 hidden=(256, 64, 256),
-                                                                 batch_size=64),
-                                       1, "MLP autoencoder, MSE on pixels"),
-    "devil_lm_2l_4h": SuiteTask("byte_lm", dict(context=8, embed=16, hidden=64, layers=2,
-                                                heads=4, batch_size=16),
-                                1, "byte-level transformer LM, 2 layers, 4 heads, MLP 4×"),
-    "teacher_student_wide": SuiteTask("teacher_student", dict(in_dim=64, hidden=(128, 128),
-                                                              out_dim=8, batch_size=128,
-                                                              activation="silu", noise=0.1),
-                                      1, "regression, 64→128→128→8 SiLU, label noise 0.1"),
-    "teacher_student_deep": SuiteTask("teacher_student", dict(in_dim=16, hidden=(32,) * 6,
-                                                              out_dim=4, batch_size=64,
-                                                              activation="tanh", noise=0.1),
-                                      1, "regression, 6 tanh layers of 32, label noise 0.1"),
-    "quadratic_d256_k1e4": SuiteTask("quadratic", dict(dim=256, condition=1e4, noise=0.1),
-                                     1, "noisy quadratic (no network), condition number 1e4"),
-    # problems a general-purpose optimizer must handle: a zero start, a deep plain ReLU net
-    "linreg_d32_zero": SuiteTask("linear_regression", dict(in_dim=32, out_dim=1, batch_size=64,
-                                                           noise=0.1),
-                                 1, "least squares 32→1 from all-zero weights and bias"),
-    "fmnist8_logreg_zero": SuiteTask("logistic_regression", dict(dataset=F8, batch_size=128),
-                                     1, "multinomial logistic regression from all-zero w, b"),
-    "fmnist16_mlp_6x64_relu": SuiteTask("image_mlp", dict(dataset=F16, hidden=(64,) * 6,
-                                                          activation="relu", batch_size=64),
-                                        1, "deep plain ReLU MLP, 6×64, no normalization; "
-                                        "biases start at zero (the dense init's)"),
-}
-VALIDATION: dict[str, SuiteTask] = {
-    "fmnist8inv_mlp_2x48_silu": SuiteTask("image_mlp", dict(dataset=F8I, hidden=(48, 48),
-                                                            activation="silu", batch_size=64),
-                                          1, "2×48 SiLU MLP on inverted 8×8 images"),
-    "fmnist8c5_mlp_w256_ln_bs32": SuiteTask("image_mlp", dict(dataset=F8C5, hidden=(256,),
-                                                              layernorm=True, batch_size=32),
-                                            1, "256-wide MLP with layer norm, 5 classes"),
-    "fmnist8c5_logreg_zero": SuiteTask("logistic_regression", dict(dataset=F8C5, batch_size=32),
-                                       1, "logistic regression from all-zero w, b, 5 classes"),
-    "fmnist16_conv_12x24_bs48": SuiteTask("image_conv", dict(dataset=F16, channels=(12, 24),
-                                                             kernel=3, batch_size=48),
-                                          1, "conv net on 16×16 images (TEST's is on 8×8)"),
-    "fmnist8inv_ae_96x24x96": SuiteTask("image_autoencoder", dict(dataset=F8I,
-                                                                  hidden=(96, 24, 96),
-                                                                  batch_size=64),
-                                        1, "MLP autoencoder on inverted 8×8 images"),
-    "teacher_student_tw128": SuiteTask("teacher_student", dict(in_dim=24, hidden=(96, 96),
-                                                               out_dim=2, batch_size=96,
-                                                               activation="gelu", noise=0.05,
-                                                               teacher_width=128),
-                                       1, "regression onto a 24→128→2 teacher, GELU student"),
-    "quadratic_d64_k1e3": SuiteTask("quadratic", dict(dim=64, condition=1e3, noise=0.3, seed=1),
-                                    1, "noisy quadratic, 64 dims, condition number 1e3"),
-    "fmnist8inv_mlp_64x32_long": SuiteTask("image_mlp", dict(dataset=F8I, hidden=(64, 32),
-                                                             batch_size=64),
-                                           LONG_HORIZON, f"{LONG_HORIZON}× the base horizon, "
-                                           "MLP 64→32 on inverted 8×8 images"),
-    "devil_reversed_lm_ctx24": SuiteTask("byte_lm", dict(context=24, embed=24, hidden=96,
-                                                         layers=1, heads=2, batch_size=24,
-                                                         reverse=True),
-                                         1, "byte LM on the text read backwards, 1 layer"),
-}
-HELD_OUT = {**VALIDATION, **TEST}  # names are unique across the two (test-checked)
-# Problem families of the README's generalization table: by builder; a run longer than the base
-# horizon is "long horizon" whatever it trains.
-FAMILIES = {"image_mlp": "MLP classifier", "image_conv": "conv net", "byte_lm": "language model",
-            "image_autoencoder": "autoencoder", "teacher_student": "regression",
-            "linear_regression": "linear model, zero start",
-            "logistic_regression": "linear model, zero start", "quadratic": "quadratic"}
-
-
-def family(name: str) -> str:
-    entry = HELD_OUT[name]
-    return "long horizon" if entry.horizon > 1 else FAMILIES[entry.builder]
-
-
-def family_scores(result: dict) -> dict[str, dict]:
-    """{family: {"tasks": n, "median": median task score, "min", "max"}} of an evaluation's
-    held-out tasks (others are left out)."""
-    by: dict[str, list] = {}
-    for name, e in result["tasks"].items():
-        if name in HELD_OUT and e["score"] is not None:
-            by.setdefault(family(name), []).append(e["score"])
-    return {f: {"tasks": len(v), "median": float(np.median(v)), "min": float(min(v)),
-                "max": float(max(v))} for f, v in by.items()}
-
-
-# a representative handful that compiles fast (a learned optimizer's compile time grows with the
-# number of tensors: the LM's ~30 tensors take minutes on 2 cores, so it is only in "all")
-QUICK = ("fmnist8_mlp_2x128_tanh_bs256", "fmnist8_ae_256x64x256", "teacher_student_wide",
-         "quadratic_d256_k1e4")  # classification, autoencoder, regression, ill-conditioning
-
-
-ARCHITECTURES = {"image_mlp": "mlp", "teacher_student": "mlp", "image_conv": "conv",
-                 "image_autoencoder": "autoencoder", "byte_lm": "transformer",
-                 "quadratic": "quadratic", "linear_regression": "linear",
-                 "logistic_regression": "linear"}   # builder → architecture kind
-
-
-def task_signature(entry: SuiteTask) -> tuple[str, str]:
-    """(dataset, architecture kind) of a suite task, from its builder and options. The dataset is
-    an image dataset's name, "devil" or "devil_reversed" for text, and for a synthetic generator
-    the structure that fixes its distribution (teacher in×width×out, linear map in×out, quadratic
-    dimension and condition number), not its seed or noise level."""
-    k = {name: p.default for name, p in
-         inspect.signature(getattr(tasks_lib, entry.builder)).parameters.items()}
-    k.update(entry.kwargs)
-    if "dataset" in k:
-        data = k["dataset"]
-    elif entry.builder == "byte_lm":
-        data = "devil_reversed" if k["reverse"] else "devil"
-    elif entry.builder == "teacher_student":
-        data = f"synthetic_teacher_{k['in_dim']}x{k['teacher_width']}x{k['out_dim']}"
-    elif entry.builder == "linear_regression":
-        data = f"synthetic_linear_{k['in_dim']}x{k['out_dim']}"
-    elif entry.builder == "quadratic":
-        data = f"synthetic_quadratic_d{k['dim']}_k{k['condition']:g}"
-    else:
-        raise EvaluateError(f"no signature for builder {entry.builder!r}")
-    return data, ARCHITECTURES[entry.builder]
-
-
-@functools.lru_cache(maxsize=None)
-def suite_task(name: str) -> tuple[tasks_lib.Task, int]:
-    """(Task, horizon factor) of a held-out task, or of a tasks.TASKS entry (factor 1). Built
-    once per process, so repeated evaluations reuse the compiled training runs."""
-    if name in HELD_OUT:
-        return HELD_OUT[name].build()._replace(name=name), HELD_OUT[name].horizon
-    if name in tasks_lib.TASKS:
-        return tasks_lib.get_task(name), 1
-    raise EvaluateError(f"unknown task {name!r}; valid: all, quick, validation, test, "
-                        f"{', '.join(HELD_OUT)} (or a tasks.TASKS name: "
-                        f"{', '.join(tasks_lib.TASKS)})")
-
-
-def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
-    """'validation' | 'test' (= 'all') | 'quick' | 'a,b' (or a list; the suite names expand) →
-    validated task names."""
-    if isinstance(spec, str):
-        spec = [s.strip() for s in spec.split(",") if s.strip()]
-    suites = {"all": list(TEST), "test": list(TEST), "validation": list(VALIDATION),
-              "quick": list(QUICK)}
-    names: list[str] = []
-    for n in spec:
-        names += [e for e in suites.get(n, [n]) if e not in names]
-    if not names:
-        raise EvaluateError("no task given; valid: all, quick, validation, test, "
-                            + ", ".join(HELD_OUT))
-    for n in names:
-        if n not in HELD_OUT and n not in tasks_lib.TASKS:
-            suite_task(n)  # raises the one-line error listing valid names
-    return names
-
-
-# ----------------------------------------------------------------------------------------------
-# Training runs: one jit-compiled lax.scan over steps, vmapped over seeds (and a grid of
-# hyper-parameters); the task's data is an argument of the compiled function.
-# ----------------------------------------------------------------------------------------------
-def _schedule_of(state) -> jax.Array:
-    """η of the latest update when the optimizer state exposes one (Celo's State.eta), else NaN."""
-    eta = getattr(state, "eta", None)
-    if eta is None or jnp.ndim(eta) != 0:
-        return jnp.float32(jnp.nan)
-    return jnp.asarray(eta, jnp.float32)
-
-
-def _unroll(task: tasks_lib.Task, make_tx: Callable[[Any], Any], steps: int):
-    """run(hp, data, key) -> (losses [steps], η [steps]): train task from init(key) with
-    make_tx(hp); losses[i] is the minibatch loss before update i + 1 (the papers' training loss).
-    Seed key → (init key, data key); batch i uses fold_in(data key, i), so every optimizer sees
-    the same initial point and the same batches on the same seed."""
-    def run(hp, data, key):
-        k_init, k_data = jax.random.split(key)
-        params = task.init(k_init)
-        tx = make_tx(hp)
-        state = tx.init(params)
-
-        def body(carry, t):
-            params, state = carry
-            batch = task.sample_batch(data, jax.random.fold_in(k_data, t))
-            loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            updates, state = tx.update(grads, state, params, value=loss)  # the contract
-            return (optax.apply_updates(params, updates), state), (loss, _schedule_of(state))
-
-        _, (losses, etas) = jax.lax.scan(body, (params, state), jnp.arange(steps))
-        return losses, etas
-    return run
-
-
-_RUNNERS: dict = {}   # compiled runners, keyed by (what, task functions, steps)
-
-
-def _runner(cache_key, task, make_tx, steps, grid: bool):
-    fn = _RUNNERS.get(cache_key) if cache_key is not None else None
-    if fn is None:
-        run = jax.vmap(_unroll(task, make_tx, steps), (None, None, 0))    # seeds
-        fn = jax.jit(jax.vmap(run, (0, None, None)) if grid else run)      # grid of hp
-        if cache_key is not None:
-            _RUNNERS[cache_key] = fn
-    return fn
-
-
-def seed_keys(seeds: Sequence[int]) -> jax.Array:
-    return jnp.stack([jax.random.key(int(s)) for s in seeds])
-
-
-def run_curves(task: tasks_lib.Task, make_tx: Callable[[Any], Any], hparams, steps: int,
-               seeds: Sequence[int], grid: bool = False, cache_key=None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Training losses and η of make_tx(hparams) on `task`: [N, T] each, or [K, N, T] with
-    grid=True (hparams then has a leading axis K: one compiled call for all K × N runs)."""
-    fn = _runner(cache_key, task, make_tx, int(steps), grid)
-    losses, etas = fn(hparams, task.data, seed_keys(seeds))
-    return np.asarray(losses, np.float32), np.asarray(etas, np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Tuned baselines (optax), cached on disk by task fingerprint, steps, seed and code version
-# ----------------------------------------------------------------------------------------------
-def baseline_tx(name: str, lr) -> optax.GradientTransformationExtraArgs:
-    """An optax baseline at learning rate lr (may be traced); accepts value= and ignores it."""
-    if name == "adam":
-        tx = optax.adam(lr)
-    elif name == "adamw":
-        tx = optax.adamw(lr, weight_decay=ADAMW_WEIGHT_DECAY)
-    elif name == "sgdm":
-        tx = optax.sgd(lr, momentum=SGD_MOMENTUM)
-    elif name == "muon":
-        tx = optax.contrib.muon(lr)
-    else:
-        raise EvaluateError(f"unknown baseline {name!r}; valid: {', '.join(BASELINE_LRS)}")
-    return optax.with_extra_args_support(tx)
-
-
-BASELINE_LRS = {"adam": ADAM_LRS, "adamw": ADAM_LRS, "sgdm": SGDM_LRS, "muon": ADAM_LRS}
-
-
-class Tuned(NamedTuple):
-    """A baseline's learning-rate sweep on one task."""
-    name: str
-    lrs: np.ndarray        # [K]
-    losses: np.ndarray     # [K, N, T] raw training losses
-    best: int              # index of the lr with the lowest mean (over seeds) final loss
-
-    @property
-    def best_losses(self) -> np.ndarray:
-        return self.losses[self.best]
-
-    @property
-    def at_edge(self) -> bool:
-        return self.best in (0, len(self.lrs) - 1)
-
-
-def code_version() -> str:
-    """Hash of what produces a baseline curve here: the unroll, the baselines, jax and optax."""
-    text = "".join(inspect.getsource(f) for f in (_unroll, baseline_tx)) + repr(
-        (SGD_MOMENTUM, ADAMW_WEIGHT_DECAY, jax.__version__, optax.__version__))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def task_fingerprint(task: tasks_lib.Task) -> str:
-    """Hash of a task as trained: its name, the jaxprs of init, sample_batch and loss (the
-    architecture, initialization and data pipeline, traced but not run), its data and its
-    multipliers. A re-parametrized (μ) task or a changed builder gets a different fingerprint."""
-    key = jax.random.key(0)
-    params = jax.eval_shape(task.init, key)
-    batch = jax.eval_shape(task.sample_batch, task.data, key)
-    h = hashlib.sha256(task.name.encode())
-    for jaxpr in (jax.make_jaxpr(task.init)(key),
-                  jax.make_jaxpr(task.sample_batch)(task.data, key),
-                  jax.make_jaxpr(task.loss)(params, batch)):
-        h.update(str(jaxpr).encode())
-    for tree in (task.data, task.multipliers):
-        leaves, treedef = jax.tree.flatten(tree)
-        h.update(str(treedef).encode())
-        for leaf in leaves:
-            a = np.asarray(leaf)
-            h.update(f"{a.shape}{a.dtype}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _cache_path(cache_dir: Path, task: tasks_lib.Task, name: str, lrs, steps: int) -> Path:
-    key = json.dumps([task_fingerprint(task), name, np.asarray(lrs, np.float32).tolist(),
-                      int(steps), code_version()])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task.name)
-    return Path(cache_dir) / name / f"{safe}-T{steps}-{digest}.npz"
-
-
-def _read_cache(path: Path) -> dict[int, np.ndarray]:
-    if not path.exists():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {int(k[5:]): f[k] for k in f.files if k.startswith("seed_")}
-    except Exception as e:  # a truncated or foreign file: recompute and overwrite it
-        print(f"warning: ignoring unreadable baseline cache {path} ({type(e).__name__})",
-              file=sys.stderr)
-        return {}
-
-
-def _write_cache(path: Path, runs: dict[int, np.ndarray]) -> None:
-    with atomic_write(path, "wb") as f:
-        np.savez(f, **{f"seed_{s}": a for s, a in sorted(runs.items())})
-
-
-def tune_baseline(task: tasks_lib.Task, name: str, steps: int, seeds: Sequence[int],
-                  cache_dir: Path | str | None = CACHE_DIR, lrs=None) -> Tuned:
-    """Sweep baseline `name` over its learning-rate grid on `task` (all K × N runs in one
-    compiled call), reusing cached seeds; the best lr minimizes the mean final loss over seeds.
-    Tuning and scoring use the same seeds, as Celo's "best Adam run out of K trials" (§4)."""
-    if name not in BASELINE_LRS:
-        baseline_tx(name, 0.0)  # raises the one-line error
-    lrs = np.asarray(BASELINE_LRS[name] if lrs is None else lrs, np.float32)
-    seeds = [int(s) for s in seeds]
-    path = _cache_path(Path(cache_dir), task, name, lrs, steps) if cache_dir else None
-    runs = _read_cache(path) if path else {}
-    missing = [s for s in seeds if s not in runs]
-    if missing:
-        losses, _ = run_curves(task, lambda lr: baseline_tx(name, lr), jnp.asarray(lrs), steps,
-                               missing, grid=True,
-                               cache_key=("baseline", name, task.init, task.loss,
-                                          task.sample_batch, int(steps)))
-        runs.update({s: losses[:, i] for i, s in enumerate(missing)})
-        if path:
-            _write_cache(path, runs)
-    return pick_best(name, task, lrs, np.stack([runs[s] for s in seeds], axis=1))
-
-
-def pick_best(name: str, task: tasks_lib.Task, lrs, losses) -> Tuned:
-    """The sweep's best lr: the lowest mean over seeds of the final loss (losses [K, N, T])."""
-    finals = metrics.final_training_loss(losses).mean(-1)         # [K], +inf where diverged
-    if not np.isfinite(finals).any():
-        raise EvaluateError(f"{name} diverged at every learning rate on {task.name}")
-    return Tuned(name, np.asarray(lrs), losses, int(np.argmin(finals)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 μLO (arXiv 2406.00153) §5. Optimizers: μLO_M (checkpoints/mu_small_fc_lopt.npz) and its SP twin LO_M
 (checkpoints/sp_small_fc_lopt.npz), both meta-trained by `python train.py --opt NAME` on widths
 mup.META_WIDTHS; Celo with its published θ (an SP learned optimizer); Adam tuned per task over
-evaluate.ADAM_LRS on the SP model; μAdam tuned once at the largest meta-training width and
+baselines.ADAM_LRS on the SP model; μAdam tuned once at the largest meta-training width and
 transferred. Final loss = the training loss (EMA 0.9) averaged over the last 10 steps
 (metrics.final_loss), per seed; tables give the IQM over seeds with a 95% bootstrap CI
 (metrics.iqm, metrics.confidence_interval). Writes results/mulo/{experiment}.json and .png
@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import baselines
+import engine
 import evaluate
 import metrics
 import mup
@@ -77,7 +79,7 @@ class Runner:
         start = time.time()
         extra = {}
         if method == "adam":
-            tuned = evaluate.tune_baseline(task, "adam", steps, self.seeds)
+            tuned = baselines.tune_baseline(task, "adam", steps, self.seeds)
             losses, extra["lr"] = tuned.best_losses, float(tuned.lrs[tuned.best])
             extra["lr_at_grid_edge"] = tuned.at_edge
         elif method == "mu_adam":
@@ -96,8 +98,8 @@ class Runner:
         """μAdam losses [K, seeds, steps] for each lr on the μ version of `task`."""
         mu = mup.mu_task(task)
         make = lambda lr: optax.with_extra_args_support(mup.adam_m(lr, mu.multipliers))
-        return evaluate.run_curves(mu, make, jnp.asarray(lrs, jnp.float32), steps, self.seeds,
-                                   grid=True)[0]
+        return engine.run_curves(mu, make, jnp.asarray(lrs, jnp.float32), steps, self.seeds,
+                                 grid=True)[0]
 
     def tune_mu_adam(self, task, steps):
         """μAdam's lr: the best of MU_ADAM_LRS on `task` (μP: it transfers over width)."""

@@ -31,13 +31,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import layers
 import small_fc_lopt
 import tasks
 import velo
 from lopt import LearnedOptimizer
 
 # ----------------------------------------------------------------------------- constants
-INIT_TRUNCATION = tasks.INIT_TRUNCATION  # ±2σ: the μLO code's truncated normal, no variance fix
+INIT_TRUNCATION = layers.INIT_TRUNCATION  # ±2σ: the μLO code's truncated normal, no variance fix
 BIAS_INIT_STD = 1.0        # "all biases start at N(0,1)" (μLO code; §4: biases are input layers)
 MU_STEP_MULT = 0.01        # λ1 of μLO_M (App. C ablation, Fig. 7: 0.01 beats the default)
 SP_STEP_MULT = 1e-3        # λ1 of the SP baseline LO_M (small_fc_lopt's default)

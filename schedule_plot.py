@@ -5,7 +5,7 @@
                             [--out results/eval/celo_schedule.png] [--json PATH]
 
 Celo (arXiv 2501.12670) §3, Alg. 1 line 7: η_t = α·exp(o_t) scales every step. This runs each θ
-on one held-out task (evaluate.py's suite, one seed) for each horizon N and draws η_t against the
+on one held-out task (suite.py's, one seed) for each horizon N and draws η_t against the
 fraction of training t/N, beside the cosine prior stage 2 starts from (celo.PRIOR_ETA).
 """
 import argparse
@@ -16,13 +16,14 @@ import numpy as np
 
 import celo
 import checkpoint
-import evaluate
+import engine
 import registry
+import suite
 
 
 def schedules(paths, task_name, horizons, seed=0):
     """{path: {N: η [N]}} of each Celo θ on task_name."""
-    task, _ = evaluate.suite_task(task_name)
+    task, _ = suite.suite_task(task_name)
     out = {}
     for path in paths:
         name, theta = checkpoint.load_checkpoint(path)
@@ -30,7 +31,7 @@ def schedules(paths, task_name, horizons, seed=0):
             raise SystemExit(f"error: {path} holds a {name} checkpoint; this plot is for Celo")
         out[path] = {}
         for n in horizons:
-            _, etas = evaluate.run_curves(
+            _, etas = engine.run_curves(
                 task, lambda th, n=n: registry.make_optax("celo", th, task, n), theta, n, [seed])
             out[path][n] = etas[0]
     return out
@@ -69,10 +70,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try:
         horizons = [int(h) for h in a.horizons.split(",")]
-        evaluate.resolve_tasks(a.task)
+        suite.resolve_tasks(a.task)
         paths = a.checkpoints.split(",")
         curves = schedules(paths, a.task, horizons)
-    except (ValueError, evaluate.EvaluateError, checkpoint.CheckpointError) as e:
+    except (ValueError, suite.EvaluateError, checkpoint.CheckpointError) as e:
         raise SystemExit(f"error: {e}")
     plot(curves, horizons, a.task, a.out)
     for p, by_n in curves.items():

@@ -3,7 +3,7 @@
     python stability.py [--opts celo,celo2,celo2_base] [--tasks validation,test]
                         [--steps 1000,5000] [--seeds 1] [--json results/eval/stability.json]
 
-Every named optimizer, with its shipped θ, trains every held-out task (evaluate.py's VALIDATION
+Every named optimizer, with its shipped θ, trains every held-out task (suite.py's VALIDATION
 and TEST suites) for each number of steps, untuned. A run FAILS when its final training loss
 (metrics.final_training_loss: EMA, mean of the last 10) is not finite or is not below its loss
 at step 0. A learned optimizer must never diverge where Adam does not: this is the check.
@@ -19,6 +19,7 @@ import numpy as np
 import checkpoint
 import evaluate
 import metrics
+import suite
 
 OPTS = "celo,celo2,celo2_base"
 STEPS = "1000,5000"
@@ -29,7 +30,7 @@ def check(opt, names, steps, seeds, log=print):
     theta = evaluate.load_theta(opt)
     rows = []
     for name in names:
-        task, _ = evaluate.suite_task(name)
+        task, _ = suite.suite_task(name)
         task = evaluate.prepare(opt, task)
         for t in steps:
             start = time.time()
@@ -54,7 +55,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try:
         steps = [int(s) for s in a.steps.split(",")]
-        names = [n for spec in a.tasks.split(",") for n in evaluate.resolve_tasks(spec)]
+        names = [n for spec in a.tasks.split(",") for n in suite.resolve_tasks(spec)]
         opts = [evaluate.check_optimizer(o) for o in a.opts.split(",")]
         if set(opts) - set(evaluate.learned_names()):
             raise ValueError(f"--opts takes learned optimizers: {', '.join(evaluate.learned_names())}")

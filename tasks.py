@@ -4,8 +4,9 @@ Celo (arXiv 2501.12670) §5.2 and App. A.4: meta-training uses small image MLPs 
 ReLU, 8×8 grey-scale images, batch 64, cross-entropy) on MNIST, Fashion-MNIST, CIFAR-10 and SVHN;
 App. A.5 lists the held-out evaluation tasks, of which this file builds CPU-sized analogues;
 §3 Eqs. (7)–(10) (after Metz et al. 2022b, VeLO) define task augmentation, which re-parametrizes
-the optimizee weights by a random τ. This file holds the Task builders, the named-task registry,
-the meta-training and random task families, and task augmentation; data.py loads the data.
+the optimizee weights by a random τ. This file holds the Task builders, the named-task registry
+and task augmentation; layers.py the layers the builders use, task_families.py the meta-training
+and random task families, data.py the data.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Params = dict   # flat dict: "layer/tensor" -> float32 array
+from layers import (ACTIVATIONS, InitSpec, Params, PRNGKey, conv2d_same, cross_entropy,
+                    dense_plan, init_from_plan, mlp_apply, mlp_plan, transformer_logits,
+                    transformer_plan, zero_plan)
+
 Batch = dict
 Data = dict     # pytree of device arrays, passed to jitted code as an argument
-PRNGKey = jax.Array
 
 # ----------------------------------------------------------------------------------------------
 # Settings and constants (each with its source)
@@ -31,30 +34,18 @@ LOSS_CAP_FACTOR = 1.5       # PES meta-loss clip [0, 1.5·ln C] (learned_optimiz
 AE_LOSS_CAP = 1.0           # learned_optimization image_mlp_ae normalizer: clip(loss, 0, 1)
 REGRESSION_LOSS_CAP = 1.5   # 1.5 × the loss of predicting 0 for unit-variance targets (our choice,
                             # by analogy with 1.5·ln C = 1.5 × the loss of a uniform prediction)
-INIT_TRUNCATION = 2.0       # haiku Linear default: truncated normal ±2σ, σ = 1/sqrt(fan_in)
-EMBED_INIT_STD = 1.0        # haiku Embed default: truncated normal, σ = 1
-LAYER_NORM_EPS = 1e-5       # haiku LayerNorm default
 TEXT_TEST_FRACTION = 0.1    # last 10% of the text corpus is its test split
 TEACHER_WIDTH = 32          # teacher_student: one tanh hidden layer of this width (default)
 TEACHER_NORM_SAMPLES = 4096  # inputs used once to scale the teacher to unit output variance
 TAU_LOW, TAU_HIGH = 1e-3, 1e3  # Celo §5.2 / App. A.3: τ log-uniform in [0.001, 1000]
 AUGMENT_MODES = ("global", "tensor", "parameter")  # Celo App. A.3 (global is the default)
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
-    "sigmoid": jax.nn.sigmoid,
-    "elu": jax.nn.elu,
-    "silu": jax.nn.silu,
-}
-
 
 # The data layer (data.py) owns the errors; they are re-exported here, so `tasks.TaskError` etc.
 # stay the names the scripts catch.
 from data import (DATASETS, SPLITS, DataFileError, DatasetNotAvailableError,  # noqa: F401
                   InvalidOptionError, TaskError, UnknownNameError, _choose, _load_dataset,
-                  cache_dir, dataset_available, load_dataset, load_text)
+                  cache_dir, load_dataset, load_text)
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> int:
@@ -173,98 +164,6 @@ def _images_to_float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) / IMAGE_SCALE
 
 
-# ----------------------------------------------------------------------------------------------
-# Layers (pure functions of a flat params dict)
-# ----------------------------------------------------------------------------------------------
-class InitSpec(NamedTuple):
-    """How one tensor starts: std · truncated normal (±INIT_TRUNCATION σ), or a constant."""
-    shape: tuple[int, ...]
-    std: float = 0.0     # > 0: truncated normal with this σ
-    const: float = 0.0   # used when std == 0
-
-
-def _init_from_plan(key: PRNGKey, plan: dict[str, InitSpec]) -> Params:
-    """Params from a static plan, with ONE truncated-normal draw sliced into the tensors (one
-    small program to compile instead of one per tensor)."""
-    random = [(n, s) for n, s in sorted(plan.items()) if s.std > 0]
-    total = sum(math.prod(s.shape) for _, s in random)
-    flat = jax.random.truncated_normal(key, -INIT_TRUNCATION, INIT_TRUNCATION, (max(total, 1),),
-                                       jnp.float32)
-    params, offset = {}, 0
-    for name, spec in sorted(plan.items()):
-        if spec.std > 0:
-            size = math.prod(spec.shape)
-            params[name] = spec.std * flat[offset:offset + size].reshape(spec.shape)
-            offset += size
-        else:
-            params[name] = jnp.full(spec.shape, spec.const, jnp.float32)
-    return params
-
-
-def _dense_plan(name: str, fan_in: int, fan_out: int) -> dict[str, InitSpec]:
-    # haiku Linear default (learned_optimization's hk.nets.MLP): σ = 1/sqrt(fan_in), bias 0
-    return {f"{name}/w": InitSpec((fan_in, fan_out), 1.0 / math.sqrt(fan_in)),
-            f"{name}/b": InitSpec((fan_out,))}
-
-
-def _layer_norm_plan(name: str, dim: int) -> dict[str, InitSpec]:
-    return {f"{name}_scale": InitSpec((dim,), const=1.0), f"{name}_offset": InitSpec((dim,))}
-
-
-def _mlp_plan(sizes: Sequence[int], layernorm: bool = False,
-              prefix: str = "l") -> dict[str, InitSpec]:
-    """Layers l0 … l{D}: l0 reads the input, l{D} is the output layer."""
-    plan = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        plan.update(_dense_plan(f"{prefix}{i}", fan_in, fan_out))
-        if layernorm and i < len(sizes) - 2:
-            plan.update(_layer_norm_plan(f"{prefix}{i}/ln", fan_out))
-    return plan
-
-
-def _layer_norm(x: jax.Array, scale: jax.Array, offset: jax.Array) -> jax.Array:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.var(x, axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * scale + offset
-
-
-def _mlp_apply(params: Params, x: jax.Array, depth: int, activation: str,
-               layernorm: bool = False, prefix: str = "l") -> jax.Array:
-    act = ACTIVATIONS[activation]
-    for i in range(depth):
-        x = x @ params[f"{prefix}{i}/w"] + params[f"{prefix}{i}/b"]
-        if layernorm:  # Celo App. A.5 task 2: layer-norm followed by the activation
-            x = _layer_norm(x, params[f"{prefix}{i}/ln_scale"],
-                            params[f"{prefix}{i}/ln_offset"])
-        x = act(x)
-    return x @ params[f"{prefix}{depth}/w"] + params[f"{prefix}{depth}/b"]
-
-
-def conv2d_same(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """'SAME' 2-D convolution, NHWC input, HWIO kernel, as an im2col matmul.
-
-    Equal to jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", ("NHWC", "HWIO",
-    "NHWC")) (tested), with TF/haiku padding (the odd row/column of padding goes at the end).
-    Written with slices and one matmul because XLA:CPU runs the *gradient* of
-    conv_general_dilated about 100× slower inside lax.scan/while loops (measured with
-    jax 0.10.2), which is exactly where PES unrolls inner training; slices and matmuls are fast
-    everywhere.
-    """
-    k, size = w.shape[0], x.shape[1]
-    out = -(-size // stride)                               # ceil(size / stride)
-    pad = max((out - 1) * stride + k - size, 0)
-    xp = jnp.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)))
-    span = stride * (out - 1) + 1
-    patches = jnp.concatenate([xp[:, i:i + span:stride, j:j + span:stride, :]
-                               for i in range(k) for j in range(k)], axis=-1)  # (i, j, c) order
-    return patches @ w.reshape(-1, w.shape[-1])             # HWIO flattens in the same order
-
-
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
-
-
 def _classification_cap(num_classes: int) -> float:
     return LOSS_CAP_FACTOR * math.log(num_classes)
 
@@ -301,14 +200,14 @@ def image_mlp(dataset: str = "fashion_mnist_8x8", hidden: Sequence[int] = (32,),
     sizes = (int(np.prod(ds.x.shape[1:])), *hidden, ds.num_classes)
     depth, layernorm = len(hidden), bool(layernorm)
 
-    plan = _mlp_plan(sizes, layernorm)
+    plan = mlp_plan(sizes, layernorm)
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
         x = batch["x"].reshape(batch["x"].shape[0], -1)
-        return _cross_entropy(_mlp_apply(params, x, depth, activation, layernorm), batch["y"])
+        return cross_entropy(mlp_apply(params, x, depth, activation, layernorm), batch["y"])
 
     name = (f"mlp_{dataset}_{'x'.join(map(str, hidden))}_{activation}"
             f"{'_ln' if layernorm else ''}_bs{batch_size}{_split_suffix(split)}")
@@ -332,14 +231,14 @@ def image_conv(dataset: str = "fashion_mnist_16x16", channels: Sequence[int] = (
     in_channels, num_classes = ds.x.shape[-1], ds.num_classes
     act = ACTIVATIONS[activation]
 
-    plan = _dense_plan("head", channels[-1], num_classes)
+    plan = dense_plan("head", channels[-1], num_classes)
     for i, (c_in, c_out) in enumerate(zip((in_channels, *channels[:-1]), channels)):
         plan[f"conv{i}/w"] = InitSpec((kernel, kernel, c_in, c_out),
                                       1.0 / math.sqrt(kernel * kernel * c_in))  # fan-in scaling
         plan[f"conv{i}/b"] = InitSpec((c_out,))
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
         h = batch["x"]
@@ -347,7 +246,7 @@ def image_conv(dataset: str = "fashion_mnist_16x16", channels: Sequence[int] = (
             stride = 2 if i == 0 else 1
             h = act(conv2d_same(h, params[f"conv{i}/w"], stride) + params[f"conv{i}/b"])
         logits = jnp.mean(h, axis=(1, 2)) @ params["head/w"] + params["head/b"]
-        return _cross_entropy(logits, batch["y"])
+        return cross_entropy(logits, batch["y"])
 
     name = (f"conv_{dataset}_c{'x'.join(map(str, channels))}_k{kernel}_{activation}"
             f"_bs{batch_size}{_split_suffix(split)}")
@@ -366,14 +265,14 @@ def image_autoencoder(dataset: str = "fashion_mnist_16x16",
     dim = int(np.prod(ds.x.shape[1:]))
     sizes, depth = (dim, *hidden, dim), len(hidden)
 
-    plan = _mlp_plan(sizes)
+    plan = mlp_plan(sizes)
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
         x = batch["x"].reshape(batch["x"].shape[0], -1)
-        recon = jax.nn.sigmoid(_mlp_apply(params, x, depth, activation))
+        recon = jax.nn.sigmoid(mlp_apply(params, x, depth, activation))
         return jnp.mean(jnp.square(x - recon))
 
     def sample_batch(data: Data, key: PRNGKey) -> Batch:
@@ -384,48 +283,6 @@ def image_autoencoder(dataset: str = "fashion_mnist_16x16",
     return _task(name, init, loss, sample_batch, data, AE_LOSS_CAP)
 
 
-def _transformer_plan(context: int, embed: int, hidden: int, layers: int) -> dict[str, InitSpec]:
-    plan = {"embed/w": InitSpec((256, embed), EMBED_INIT_STD),
-            "pos/w": InitSpec((context, embed), EMBED_INIT_STD)}
-    for i in range(layers):
-        b = f"b{i}/"
-        plan.update(_layer_norm_plan(b + "ln1", embed))
-        plan.update(_layer_norm_plan(b + "ln2", embed))
-        plan.update(_dense_plan(b + "qkv", embed, 3 * embed))
-        plan.update(_dense_plan(b + "proj", embed, embed))
-        plan.update(_dense_plan(b + "fc1", embed, hidden))
-        plan.update(_dense_plan(b + "fc2", hidden, embed))
-    plan.update(_layer_norm_plan("ln_f", embed))
-    plan.update(_dense_plan("head", embed, 256))
-    return plan
-
-
-def _transformer_logits(params: Params, tokens: jax.Array, layers: int, heads: int,
-                        activation: str = "gelu") -> jax.Array:
-    """Pre-LN causal transformer over bytes: tokens int32 [B, L] → logits [B, L, 256]."""
-    batch, length = tokens.shape
-    h = params["embed/w"][tokens] + params["pos/w"][:length]
-    embed = h.shape[-1]
-    head_dim = embed // heads
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    act = ACTIVATIONS[activation]
-    for i in range(layers):
-        b = f"b{i}/"
-        x = _layer_norm(h, params[b + "ln1_scale"], params[b + "ln1_offset"])
-        qkv = x @ params[b + "qkv/w"] + params[b + "qkv/b"]
-        q, k, v = (t.reshape(batch, length, heads, head_dim) for t in jnp.split(qkv, 3, -1))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-        scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-        h = h + attn.reshape(batch, length, embed) @ params[b + "proj/w"] + params[b + "proj/b"]
-        x = _layer_norm(h, params[b + "ln2_scale"], params[b + "ln2_offset"])
-        h = h + act(x @ params[b + "fc1/w"] + params[b + "fc1/b"]) @ params[b + "fc2/w"] \
-            + params[b + "fc2/b"]
-    h = _layer_norm(h, params["ln_f_scale"], params["ln_f_offset"])
-    return h @ params["head/w"] + params["head/b"]
-
-
-@functools.lru_cache(maxsize=4)
 def _device_text(split: str, reverse: bool = False) -> Data:
     text = load_text()
     cut = int(round(len(text) * (1.0 - TEXT_TEST_FRACTION)))
@@ -462,14 +319,14 @@ def byte_lm(context: int = 16, embed: int = 32, hidden: int = 64, layers: int = 
         raise InvalidOptionError(f"context {context} is longer than the {split} text")
     data = {**text, "n": text["length"] - context}  # starts 0 … T − context − 1
 
-    plan = _transformer_plan(context, embed, hidden, layers)
+    plan = transformer_plan(context, embed, hidden, layers)
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
-        logits = _transformer_logits(params, batch["x"], layers, heads, activation)
-        return _cross_entropy(logits, batch["y"])
+        logits = transformer_logits(params, batch["x"], layers, heads, activation)
+        return cross_entropy(logits, batch["y"])
 
     def sample_batch(data: Data, key: PRNGKey) -> Batch:
         starts = _sample_rows(data, key, batch_size)
@@ -508,13 +365,13 @@ def teacher_student(in_dim: int = 16, hidden: Sequence[int] = (32,), out_dim: in
             "noise": jnp.asarray(noise, jnp.float32)}
     sizes, depth = (in_dim, *hidden, out_dim), len(hidden)
 
-    plan = _mlp_plan(sizes)
+    plan = mlp_plan(sizes)
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
-        return jnp.mean(jnp.square(_mlp_apply(params, batch["x"], depth, activation)
+        return jnp.mean(jnp.square(mlp_apply(params, batch["x"], depth, activation)
                                    - batch["y"]))
 
     def sample_batch(data: Data, key: PRNGKey) -> Batch:
@@ -562,11 +419,6 @@ def quadratic(dim: int = 10, condition: float = 100.0, noise: float = 0.0,
     return _task(name, init, loss, sample_batch, data, cap)
 
 
-def _zero_plan(fan_in: int, fan_out: int) -> dict[str, InitSpec]:
-    """A linear layer l0 (w [fan_in, fan_out], b [fan_out]) that starts at exactly zero."""
-    return {"l0/w": InitSpec((fan_in, fan_out)), "l0/b": InitSpec((fan_out,))}
-
-
 def linear_regression(in_dim: int = 32, out_dim: int = 1, batch_size: int = 64,
                       noise: float = 0.1, seed: int = 0) -> Task:
     """Least squares ŷ = x·w + b from w = 0, b = 0: y = x·w* + b* + noise·ε, x ~ N(0, I).
@@ -586,10 +438,10 @@ def linear_regression(in_dim: int = 32, out_dim: int = 1, batch_size: int = 64,
     b_true = rng.standard_normal(out_dim)
     data = {"w": jnp.asarray(w_true, jnp.float32), "b": jnp.asarray(b_true, jnp.float32),
             "noise": jnp.asarray(noise, jnp.float32)}
-    plan = _zero_plan(in_dim, out_dim)
+    plan = zero_plan(in_dim, out_dim)
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
         return jnp.mean(jnp.square(batch["x"] @ params["l0/w"] + params["l0/b"] - batch["y"]))
@@ -614,14 +466,14 @@ def logistic_regression(dataset: str = "fashion_mnist_8x8", batch_size: int = 12
     ln C, and the cap is 1.5·ln C, as for every classifier here.
     """
     ds, data, batch_size = _image_dataset_args(dataset, split, batch_size)
-    plan = _zero_plan(int(np.prod(ds.x.shape[1:])), ds.num_classes)
+    plan = zero_plan(int(np.prod(ds.x.shape[1:])), ds.num_classes)
 
     def init(key: PRNGKey) -> Params:
-        return _init_from_plan(key, plan)
+        return init_from_plan(key, plan)
 
     def loss(params: Params, batch: Batch) -> jax.Array:
         x = batch["x"].reshape(batch["x"].shape[0], -1)
-        return _cross_entropy(x @ params["l0/w"] + params["l0/b"], batch["y"])
+        return cross_entropy(x @ params["l0/w"] + params["l0/b"], batch["y"])
 
     name = f"logreg_{dataset}_bs{batch_size}{_split_suffix(split)}"
     return _task(name, init, loss, _image_sampler(batch_size), data,
@@ -674,106 +526,6 @@ TASKS: dict[str, Callable[[], Task]] = {
 def get_task(name: str) -> Task:
     """Build the registered task `name`."""
     return TASKS[_choose("task", name, TASKS)]()
-
-
-# ----------------------------------------------------------------------------------------------
-# Task families
-# ----------------------------------------------------------------------------------------------
-CELO_DATASETS = ("fashion_mnist_8x8", "mnist_8x8", "cifar10_grey_8x8")  # Celo App. A.4 (no SVHN)
-
-
-def celo_meta_training_tasks(datasets: Sequence[str] | None = None) -> list[Task]:
-    """The Celo meta-training tasks (App. A.4): MLP 64 → 32 → 10, ReLU, batch 64, 8×8 grey.
-
-    One task per dataset, all with the same structure, so their data stack (stack_data) and
-    one loss / sample_batch serves all of them under vmap. datasets=None takes the embedded
-    Fashion-MNIST plus MNIST and CIFAR-10 when their files are already in the cache directory
-    (never downloads); an explicit list loads exactly those (downloading when missing). SVHN,
-    the paper's fourth dataset, is not supported (its files are MATLAB .mat).
-    """
-    if datasets is None:
-        datasets = [d for d in CELO_DATASETS if dataset_available(d)]
-    if isinstance(datasets, str) or not datasets:
-        raise InvalidOptionError(f"datasets must be a non-empty list of names, got {datasets!r}")
-    valid = [d for d, s in DATASETS.items() if s.size == 8 and s.variant != "5class"]
-    out = []
-    for d in datasets:
-        _choose("8x8 ten-class dataset", d, valid)
-        out.append(image_mlp(d, hidden=(32,), activation="relu", batch_size=64)
-                   ._replace(name=f"celo_{d}"))
-    return out
-
-
-# The documented distribution of sample_task_family: kinds with probabilities, then per kind a
-# uniform choice of each structural option below. All are small and CPU-cheap.
-FAMILY_KIND_PROBS = {"image_mlp": 0.5, "image_conv": 0.15, "image_autoencoder": 0.1,
-                     "teacher_student": 0.15, "byte_lm": 0.1}
-FAMILY_DATASETS = ("fashion_mnist_8x8", "fashion_mnist_16x16", "fashion_mnist_8x8_inverted",
-                   "fashion_mnist_8x8_5class")
-FAMILY_WIDTHS = (16, 32, 64, 128)       # image MLP width (all hidden layers alike)
-FAMILY_DEPTHS = (1, 2, 3)               # image MLP hidden layers
-FAMILY_ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "elu")
-FAMILY_BATCH_SIZES = (32, 64, 128)
-FAMILY_LAYERNORM_PROB = 0.25
-FAMILY_CONV_CHANNELS = ((8, 16), (16, 32), (16, 16, 32))
-FAMILY_AE_HIDDEN = ((32, 8, 32), (64, 16, 64), (128, 32, 128))
-FAMILY_TS = {"in_dim": (8, 16, 32), "width": (16, 32, 64), "depth": (1, 2), "out_dim": (1, 4, 8)}
-FAMILY_LM = {"context": (8, 16), "embed": (16, 32), "layers": (1, 2), "batch_size": (16, 32)}
-
-
-def sample_task_family(seed: int, num_tasks: int, kinds: Sequence[str] | None = None,
-                       datasets: Sequence[str] | None = None) -> list[Task]:
-    """Draw `num_tasks` task structures from the documented distribution (FAMILY_* above).
-
-    Same seed → same list. `kinds` restricts the task kinds (renormalizing FAMILY_KIND_PROBS);
-    `datasets` replaces FAMILY_DATASETS for the image tasks. Each Task has static shapes.
-    """
-    seed = _check_int("seed", seed, 0)
-    num_tasks = _check_int("num_tasks", num_tasks, 1)
-    kinds = list(FAMILY_KIND_PROBS) if kinds is None else list(kinds)
-    for k in kinds:
-        _choose("task kind", k, FAMILY_KIND_PROBS)
-    datasets = list(FAMILY_DATASETS if datasets is None else datasets)
-    for d in datasets:
-        _choose("dataset", d, DATASETS)
-    if not kinds or not datasets:
-        raise InvalidOptionError("kinds and datasets must not be empty")
-    probs = np.asarray([FAMILY_KIND_PROBS[k] for k in kinds])
-    rng = np.random.default_rng(seed)
-
-    def pick(options):
-        return options[int(rng.integers(len(options)))]
-
-    family = []
-    for _ in range(num_tasks):  # options are drawn left to right, so a seed fixes the list
-        kind = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))]
-        if kind == "image_mlp":
-            width, depth = pick(FAMILY_WIDTHS), pick(FAMILY_DEPTHS)
-            task = image_mlp(pick(datasets), hidden=(width,) * depth,
-                             activation=pick(FAMILY_ACTIVATIONS),
-                             batch_size=pick(FAMILY_BATCH_SIZES),
-                             layernorm=bool(rng.random() < FAMILY_LAYERNORM_PROB))
-        elif kind == "image_conv":
-            task = image_conv(pick(datasets), channels=pick(FAMILY_CONV_CHANNELS),
-                              activation=pick(FAMILY_ACTIVATIONS),
-                              batch_size=pick(FAMILY_BATCH_SIZES))
-        elif kind == "image_autoencoder":
-            task = image_autoencoder(pick(datasets), hidden=pick(FAMILY_AE_HIDDEN),
-                                     batch_size=pick(FAMILY_BATCH_SIZES))
-        elif kind == "teacher_student":
-            width, depth = pick(FAMILY_TS["width"]), pick(FAMILY_TS["depth"])
-            task = teacher_student(in_dim=pick(FAMILY_TS["in_dim"]), hidden=(width,) * depth,
-                                   out_dim=pick(FAMILY_TS["out_dim"]),
-                                   batch_size=pick(FAMILY_BATCH_SIZES),
-                                   activation=pick(FAMILY_ACTIVATIONS),
-                                   teacher_seed=int(rng.integers(2 ** 31)))
-        else:
-            embed = pick(FAMILY_LM["embed"])
-            task = byte_lm(context=pick(FAMILY_LM["context"]), embed=embed, hidden=2 * embed,
-                           layers=pick(FAMILY_LM["layers"]), heads=2,
-                           batch_size=pick(FAMILY_LM["batch_size"]))
-        family.append(task)
-    return family
 
 
 # ----------------------------------------------------------------------------------------------

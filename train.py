@@ -14,9 +14,7 @@ A run writes runs/<opt>/<opt>.npz (+ .csv, _meta_loss.png); checkpoints/ holds t
 read only (checkpoint.py owns the file format: `name, theta = checkpoint.load_checkpoint(path)`).
 """
 import argparse
-import csv
 import io
-import math
 import os
 import re
 import signal
@@ -49,12 +47,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import optax
 
-from checkpoint import (CheckpointError, atomic_write, read_checkpoint, save_checkpoint,
-                        strip_checkpoint)
+from checkpoint import CheckpointError, read_checkpoint, save_checkpoint, strip_checkpoint
 import data
 import pes
 import registry
 from registry import OPTIMIZERS, ConfigError, make_problem, prepare_task, recipe, run_dir
+import run_log   # run_log.STAMP by its module: a str imported here would read as a setting
+from run_log import Progress, csv_path, plot_meta_loss, plot_path, read_csv, set_aside, write_csv
+import task_families
 import tasks
 
 # ----------------------------------------------------------------------------- settings
@@ -67,8 +67,9 @@ init = ""                  # start a new run from this checkpoint's θ, step and
 seed = 0                   # seeds θ's init, the tasks, the perturbations
 estimator = "pes"          # "pes": truncated persistent ES; "es": antithetic ES over whole runs
 task_set = "celo"          # "celo": Celo's 8×8 MLP (App. A.4) on every available dataset;
-                           # "family": num_family_tasks structures from tasks.sample_task_family;
-                           # or comma-separated names of tasks.TASKS (e.g. "teacher_student")
+                           # "family": num_family_tasks structures from
+                           # task_families.sample_task_family; or comma-separated names of
+                           # tasks.TASKS (e.g. "teacher_student")
 num_family_tasks = 4       # task structures drawn for task_set="family" (each compiled once)
 pairs_per_task = 8         # antithetic pairs per task (dataset) per meta-step (μLO §5: 8)
 truncation = 50            # inner steps per PES truncation (Celo App. A.3)
@@ -160,11 +161,12 @@ def meta_tasks(cfg, name):
         # Celo App. A.4 uses MNIST, Fashion-MNIST, CIFAR-10 and SVHN at 8×8; offline we have
         # Fashion-MNIST (and MNIST / CIFAR-10 once in the cache), plus its inverted-intensity
         # twin for a second, differently conditioned dataset of the same structure.
-        names = [d for d in tasks.CELO_DATASETS if data.dataset_available(d)]
+        names = [d for d in task_families.CELO_DATASETS if data.dataset_available(d)]
         names.append("fashion_mnist_8x8_inverted")
-        return [[prepare(t) for t in tasks.celo_meta_training_tasks(names)]]
+        return [[prepare(t) for t in task_families.celo_meta_training_tasks(names)]]
     if cfg["task_set"] == "family":
-        return [[prepare(t)] for t in tasks.sample_task_family(cfg["seed"], cfg["num_family_tasks"])]
+        return [[prepare(t)] for t in task_families.sample_task_family(cfg["seed"],
+                                                                       cfg["num_family_tasks"])]
     return [[prepare(tasks.get_task(n))] for n in cfg["task_set"].split(",")]
 
 
@@ -311,137 +313,6 @@ def _restore_leaves(template, saved, what, path):
     return treedef.unflatten(out)
 
 
-class Progress:
-    """One-line progress bar of a stage: meta-step, meta-loss, inner steps per second, ETA. The
-    clock starts when the stage's first step is done (that step compiles), so the ETA is the time
-    per step after it times the steps left: compilation is not in it."""
-
-    def __init__(self, total, clock=time.time):
-        self.total, self.clock, self.t0, self.step0, self.last = total, clock, None, None, 0.0
-        self.tty = sys.stderr.isatty()
-
-    def eta(self, step, now):
-        """Seconds left at meta-step `step` (NaN until a step after the first is done)."""
-        if self.t0 is None or step <= self.step0:
-            return float("nan")
-        return (now - self.t0) / (step - self.step0) * (self.total - step)
-
-    def update(self, step, loss, inner_per_s, force=False):
-        """Call after every meta-step; `step` = meta-steps done. Prints at most every 0.5 s (a
-        terminal) or 30 s (a log), and always when `force`."""
-        now = self.clock()
-        if self.t0 is None:            # the stage's first (compiling) step: start the clock
-            self.t0, self.step0 = now, step
-            if not force:
-                return
-        if not force and now - self.last < (0.5 if self.tty else 30.0):
-            return
-        self.last = now
-        eta = self.eta(step, now)
-        width = 24
-        filled = int(width * step / max(self.total, 1))
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
-                f"meta-loss {loss:.4f}  {inner_per_s:,.0f} inner steps/s  "
-                + ("ETA --" if math.isnan(eta) else f"ETA {eta / 60:.1f} min"))
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
-
-
-def _csv_path(path):
-    return os.path.splitext(path)[0] + ".csv"
-
-
-def _plot_path(path):
-    return os.path.splitext(path)[0] + "_meta_loss.png"
-
-
-def _write_csv(path, rows):
-    """Rewrite the whole log atomically (it is small), so a resume never duplicates rows."""
-    with atomic_write(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "stage", "meta_loss", "nonfinite", "grad_norm", "seconds"])
-        writer.writerows(rows)
-
-
-def _read_csv(path, upto):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    return [r for r in rows if int(r[0]) < upto]
-
-
-def stage_starts(rows):
-    """[(first meta-step, stage name)] of each stage in a meta-loss log, in order: the plot draws
-    a boundary at every start but the first."""
-    starts = []
-    for r in rows:
-        if not starts or r[1] != starts[-1][1]:
-            starts.append((int(r[0]), r[1]))
-    return starts
-
-
-def plot_meta_loss(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if not rows:
-        return
-    steps = np.array([int(r[0]) for r in rows])
-    loss = np.array([float(r[2]) for r in rows])
-    smooth = np.copy(loss)
-    for i in range(1, len(loss)):
-        smooth[i] = 0.95 * smooth[i - 1] + 0.05 * loss[i]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, loss, alpha=0.3, lw=0.8, label="per meta-step")
-    ax.plot(steps, smooth, lw=1.5, label="EMA 0.95")
-    starts = stage_starts(rows)
-    for i, (first, name) in enumerate(starts if len(starts) > 1 else ()):
-        if i:
-            ax.axvline(first, color="k", lw=0.8, ls="--")
-        ax.text(first, 0.98, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
-    ax.set_xlabel("meta-step")
-    ax.set_ylabel("meta-loss (normalized inner loss)")
-    ax.set_title(os.path.basename(os.path.splitext(path)[0]))
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-STAMP = "%Y%m%d-%H%M%S"   # the time a run last saved, in its checkpoint's meta "saved_at"
-
-
-def run_time(path):
-    """When the run at `path` last saved: its checkpoint's meta "saved_at", else (an older or
-    unreadable file) the file's mtime, which a fresh clone of the repository resets."""
-    try:
-        saved_at = read_checkpoint(path)[4].get("saved_at")
-    except CheckpointError:
-        saved_at = None
-    return saved_at or time.strftime(STAMP, time.localtime(os.path.getmtime(path)))
-
-
-def set_aside(path, log=print):
-    """A new run never overwrites an earlier one: an existing checkpoint at `path` (and its CSV and
-    plot) is renamed to <name>.<time>.npz etc. first, <time> being that run's (run_time), and the
-    move is logged."""
-    if not os.path.exists(path):
-        return None
-    stem, stamp = os.path.splitext(path)[0], run_time(path)
-    tag, n = stamp, 0
-    while os.path.exists(f"{stem}.{tag}.npz"):     # never overwrite an earlier set-aside run
-        n += 1
-        tag = f"{stamp}-{n}"
-    moved = f"{stem}.{tag}.npz"
-    for old, new in ((path, moved), (_csv_path(path), f"{stem}.{tag}.csv"),
-                     (_plot_path(path), f"{stem}.{tag}_meta_loss.png")):
-        if os.path.exists(old):
-            os.replace(old, new)
-    log(f"note: {path} existed and was not resumed: moved to {moved} (use --resume to continue a run)")
-    return moved
-
-
 def meta_train(cfg, log=print):
     """Meta-train per cfg (see resolve). A new run starts from a fresh θ, or with --init from
     another checkpoint; --resume continues the run at --out. Returns (θ, finished): finished is
@@ -475,7 +346,7 @@ def meta_train(cfg, log=print):
         if cfg["init"] and step >= cfg["meta_steps"]:
             raise ConfigError(f"--init {source} is at meta-step {step} already: pass a larger "
                               f"--meta-steps (the total to reach)")
-        rows = _read_csv(_csv_path(source), step)
+        rows = read_csv(csv_path(source), step)
     else:
         first_task = meta_tasks(cfg, cfg["opt"])[0][0]
         theta = r.build(first_task).init_meta_params(
@@ -531,9 +402,10 @@ def meta_train(cfg, log=print):
                 if not writer:
                     return
                 save_checkpoint(path, cfg["opt"], full, config=cfg, state=state,
-                                meta={"meta_steps_done": step, "saved_at": time.strftime(STAMP),
+                                meta={"meta_steps_done": step,
+                                      "saved_at": time.strftime(run_log.STAMP),
                                       "stages_started": ",".join(sorted(started)), **provenance})
-                _write_csv(_csv_path(path), rows)
+                write_csv(csv_path(path), rows)
 
             stopping = False
             try:
@@ -573,8 +445,8 @@ def meta_train(cfg, log=print):
         theta = jax.tree.map(_to_host, theta)
     if not writer:
         return theta, True
-    plot_meta_loss(rows, _plot_path(path))
-    log("wrote " + ", ".join(p for p in (path, _csv_path(path), _plot_path(path))
+    plot_meta_loss(rows, plot_path(path))
+    log("wrote " + ", ".join(p for p in (path, csv_path(path), plot_path(path))
                              if os.path.exists(p)))
     return theta, True
 
@@ -670,7 +542,8 @@ def main(argv=None):
         return 130
     if cfg["eval_steps"] > 0 and jax.process_index() == 0:   # multi-host: process 0 evaluates
         import evaluate
-        names = evaluate.resolve_tasks(cfg["eval_tasks"])
+        import suite
+        names = suite.resolve_tasks(cfg["eval_tasks"])
         result = evaluate.compare(cfg["opt"], theta, names, cfg["eval_steps"], cfg["eval_seeds"])
         print(evaluate.format_table(result))
     return 0

@@ -1,5 +1,6 @@
-"""evaluate.py: the training engine against a plain optax loop, the baseline cache, the held-out
-VALIDATION and TEST suites, the CLI and its errors (the statistics: tests/test_metrics.py)."""
+"""evaluate.py and what it scores with: the training engine (engine.py) against a plain optax
+loop, the baseline cache (baselines.py), the held-out VALIDATION and TEST suites (suite.py), the
+CLI and its errors (the statistics: tests/test_metrics.py)."""
 import inspect
 import json
 import re
@@ -11,12 +12,16 @@ import numpy as np
 import optax
 import pytest
 
+import baselines
 import checkpoint
 import data as data_lib
+import engine
 import evaluate as ev
 import metrics
 import registry
 import small_fc_lopt as sfl
+import suite
+import task_families
 import tasks
 
 TINY = tasks.quadratic(dim=4, condition=10.0, noise=0.1)   # compiles in about a second
@@ -52,54 +57,54 @@ def python_loop_losses(task, lr, steps, seed, make_tx=optax.adam):
 
 
 def test_vmapped_scan_matches_python_loop_and_compiles_once():
-    tuned = ev.tune_baseline(TINY, "adam", T, [0, 3], cache_dir=None)
-    assert tuned.losses.shape == (len(ev.ADAM_LRS), 2, T)
+    tuned = baselines.tune_baseline(TINY, "adam", T, [0, 3], cache_dir=None)
+    assert tuned.losses.shape == (len(baselines.ADAM_LRS), 2, T)
     for k in (1, 5):
         for n, seed in enumerate((0, 3)):
-            ref = python_loop_losses(TINY, ev.ADAM_LRS[k], T, seed)
+            ref = python_loop_losses(TINY, baselines.ADAM_LRS[k], T, seed)
             np.testing.assert_allclose(tuned.losses[k, n], ref, rtol=2e-5, atol=1e-7)
     # the best lr is the one with the lowest mean final loss
     finals = metrics.final_loss(metrics.ema(tuned.losses)).mean(-1)
     assert tuned.best == int(np.argmin(finals))
     # a second sweep (other seeds) reuses the compiled function: no recompilation
-    runner = ev._RUNNERS[("baseline", "adam", TINY.init, TINY.loss, TINY.sample_batch, T)]
+    runner = engine._RUNNERS[("baseline", "adam", TINY.init, TINY.loss, TINY.sample_batch, T)]
     compiled = runner._cache_size()
-    ev.tune_baseline(TINY, "adam", T, [5, 6], cache_dir=None)
+    baselines.tune_baseline(TINY, "adam", T, [5, 6], cache_dir=None)
     assert runner._cache_size() == compiled
 
 
 def test_baseline_cache_reuses_seeds(tmp_path, monkeypatch):
     calls = []
-    real = ev.run_curves
+    real = engine.run_curves
 
     def counting(task, make_tx, hparams, steps, seeds, **kw):
         calls.append(list(seeds))
         return real(task, make_tx, hparams, steps, seeds, **kw)
 
-    monkeypatch.setattr(ev, "run_curves", counting)
-    a = ev.tune_baseline(TINY, "adam", T, [0, 1], cache_dir=tmp_path)
-    b = ev.tune_baseline(TINY, "adam", T, [1, 0, 2], cache_dir=tmp_path)
+    monkeypatch.setattr(baselines, "run_curves", counting)
+    a = baselines.tune_baseline(TINY, "adam", T, [0, 1], cache_dir=tmp_path)
+    b = baselines.tune_baseline(TINY, "adam", T, [1, 0, 2], cache_dir=tmp_path)
     assert calls == [[0, 1], [2]]                       # only the missing seed is trained
     np.testing.assert_array_equal(b.losses[:, :2], a.losses[:, ::-1])
     path, = tmp_path.glob("adam/*.npz")
-    key = lambda task=TINY, name="adam", lrs=ev.ADAM_LRS, steps=T: ev._cache_path(
+    key = lambda task=TINY, name="adam", lrs=baselines.ADAM_LRS, steps=T: baselines._cache_path(
         tmp_path, task, name, lrs, steps)
     assert key() == path                                # keyed by task, baseline, grid, steps
-    assert len({key(), key(steps=T + 1), key(name="adamw"), key(lrs=ev.ADAM_LRS[1:]),
+    assert len({key(), key(steps=T + 1), key(name="adamw"), key(lrs=baselines.ADAM_LRS[1:]),
                 key(task=TINY._replace(name="renamed")),
                 key(task=tasks.quadratic(dim=4, condition=10.0, noise=0.2))}) == 6
     path.write_bytes(b"not a zip")                      # corrupt: warned about and recomputed
-    ev.tune_baseline(TINY, "adam", T, [0], cache_dir=tmp_path)
+    baselines.tune_baseline(TINY, "adam", T, [0], cache_dir=tmp_path)
     assert calls[-1] == [0]
     with pytest.raises(ev.EvaluateError, match="unknown baseline 'nope'; valid: adam"):
-        ev.tune_baseline(TINY, "nope", T, [0], cache_dir=tmp_path)
+        baselines.tune_baseline(TINY, "nope", T, [0], cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- API
 
 def test_evaluate_optax_transformation_on_any_task():
     """optax.adam at tuned Adam's own lr reproduces tuned Adam exactly (same seeds, batches)."""
-    adam = ev.tune_baseline(TINY, "adam", T, [0, 1, 2], cache_dir=None)
+    adam = baselines.tune_baseline(TINY, "adam", T, [0, 1, 2], cache_dir=None)
     lr = float(adam.lrs[adam.best])
     entry = ev.evaluate_task(TINY, optax.adam(lr), steps=T, seeds=3, cache_dir=None)
     assert entry["final_loss"]["opt"] == pytest.approx(entry["final_loss"]["adam"], rel=1e-5)
@@ -109,11 +114,11 @@ def test_evaluate_optax_transformation_on_any_task():
 def test_muon_baseline_tuned_cached_and_matches_optax_loop(tmp_path):
     """muon = optax.contrib.muon(lr) tuned over ADAM_LRS: its best curve is a hand-run muon loop
     at the chosen lr; cached like the others; usable as an opt and in baselines=."""
-    tuned = ev.tune_baseline(SMALL_MLP, "muon", T, [0], cache_dir=tmp_path)
-    assert tuned.losses.shape == (len(ev.ADAM_LRS), 1, T)
+    tuned = baselines.tune_baseline(SMALL_MLP, "muon", T, [0], cache_dir=tmp_path)
+    assert tuned.losses.shape == (len(baselines.ADAM_LRS), 1, T)
     assert tuned.best == int(np.argmin(metrics.final_training_loss(tuned.losses).mean(-1)))
     lr = float(tuned.lrs[tuned.best])
-    assert lr in np.float32(ev.ADAM_LRS)
+    assert lr in np.float32(baselines.ADAM_LRS)
     ref = python_loop_losses(SMALL_MLP, lr, T, 0, optax.contrib.muon)
     np.testing.assert_allclose(tuned.best_losses[0], ref, rtol=2e-5, atol=1e-7)
     adam = python_loop_losses(SMALL_MLP, lr, T, 0)          # the oracle can tell muon from adam
@@ -139,14 +144,14 @@ def test_tune_lr_picks_the_grid_lr_with_the_lowest_final_loss():
     res = ev.evaluate("celo2", [SMALL_MLP], T, 1, theta=theta, cache_dir=None, reps=50,
                       tune_lr=True)
     entry = res.result["tasks"][SMALL_MLP.name]
-    assert res.result["tune_lr"] == pytest.approx(list(ev.ADAM_LRS))
+    assert res.result["tune_lr"] == pytest.approx(list(baselines.ADAM_LRS))
     lr = entry["opt_lr"]
-    assert lr in np.float32(ev.ADAM_LRS)
+    assert lr in np.float32(baselines.ADAM_LRS)
     make = lambda lr: celo2.optimizer(theta, lr, T, harness=True)
     chosen = python_loop_losses(SMALL_MLP, lr, T, 0, make)
     np.testing.assert_allclose(res.curves[SMALL_MLP.name]["opt"][0], chosen, rtol=1e-4, atol=1e-6)
-    i = list(np.float32(ev.ADAM_LRS)).index(np.float32(lr))
-    neighbour = ev.ADAM_LRS[i - 1 if i > 0 else 1]            # the closest competitor
+    i = list(np.float32(baselines.ADAM_LRS)).index(np.float32(lr))
+    neighbour = baselines.ADAM_LRS[i - 1 if i > 0 else 1]            # the closest competitor
     by_hand = python_loop_losses(SMALL_MLP, neighbour, T, 0, make)
     assert metrics.final_training_loss(chosen) < metrics.final_training_loss(by_hand)
     assert entry["final_loss"]["opt"] == pytest.approx(float(metrics.final_training_loss(chosen)),
@@ -230,87 +235,87 @@ def builder_defaults(builder):
 
 
 def in_meta_training_family(entry):
-    """Could tasks.sample_task_family (or celo_meta_training_tasks) draw this structure?"""
+    """Could task_families.sample_task_family (or celo_meta_training_tasks) draw this structure?"""
     k = {**builder_defaults(entry.builder), **entry.kwargs}
     uniform = lambda h: len(set(h)) == 1
     if entry.builder == "image_mlp":
-        return (k["dataset"] in tasks.FAMILY_DATASETS and uniform(k["hidden"])
-                and k["hidden"][0] in tasks.FAMILY_WIDTHS
-                and len(k["hidden"]) in tasks.FAMILY_DEPTHS
-                and k["activation"] in tasks.FAMILY_ACTIVATIONS
-                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES)
+        return (k["dataset"] in task_families.FAMILY_DATASETS and uniform(k["hidden"])
+                and k["hidden"][0] in task_families.FAMILY_WIDTHS
+                and len(k["hidden"]) in task_families.FAMILY_DEPTHS
+                and k["activation"] in task_families.FAMILY_ACTIVATIONS
+                and k["batch_size"] in task_families.FAMILY_BATCH_SIZES)
     if entry.builder == "image_conv":
-        return (k["dataset"] in tasks.FAMILY_DATASETS and k["kernel"] == 3
-                and tuple(k["channels"]) in tasks.FAMILY_CONV_CHANNELS
-                and k["activation"] in tasks.FAMILY_ACTIVATIONS
-                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES)
+        return (k["dataset"] in task_families.FAMILY_DATASETS and k["kernel"] == 3
+                and tuple(k["channels"]) in task_families.FAMILY_CONV_CHANNELS
+                and k["activation"] in task_families.FAMILY_ACTIVATIONS
+                and k["batch_size"] in task_families.FAMILY_BATCH_SIZES)
     if entry.builder == "image_autoencoder":
-        return (k["dataset"] in tasks.FAMILY_DATASETS and tuple(k["hidden"]) in
-                tasks.FAMILY_AE_HIDDEN and k["activation"] == "relu"
-                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES)
+        return (k["dataset"] in task_families.FAMILY_DATASETS and tuple(k["hidden"]) in
+                task_families.FAMILY_AE_HIDDEN and k["activation"] == "relu"
+                and k["batch_size"] in task_families.FAMILY_BATCH_SIZES)
     if entry.builder == "teacher_student":
-        f = tasks.FAMILY_TS
+        f = task_families.FAMILY_TS
         return (k["in_dim"] in f["in_dim"] and uniform(k["hidden"]) and k["hidden"][0] in
                 f["width"] and len(k["hidden"]) in f["depth"] and k["out_dim"] in f["out_dim"]
-                and k["batch_size"] in tasks.FAMILY_BATCH_SIZES and k["noise"] == 0.0
-                and k["activation"] in tasks.FAMILY_ACTIVATIONS)
+                and k["batch_size"] in task_families.FAMILY_BATCH_SIZES and k["noise"] == 0.0
+                and k["activation"] in task_families.FAMILY_ACTIVATIONS)
     if entry.builder == "byte_lm":
-        f = tasks.FAMILY_LM
+        f = task_families.FAMILY_LM
         return (k["context"] in f["context"] and k["embed"] in f["embed"]
                 and k["hidden"] == 2 * k["embed"] and k["layers"] in f["layers"]
                 and k["heads"] == 2 and k["batch_size"] in f["batch_size"]
                 and k["activation"] == "gelu")
-    return entry.builder in tasks.FAMILY_KIND_PROBS
+    return entry.builder in task_families.FAMILY_KIND_PROBS
 
 
 def test_suite_is_held_out_and_builds():
-    assert len(ev.TEST) >= 12 and set(ev.QUICK) <= set(ev.TEST)
-    assert max(e.horizon for e in ev.TEST.values()) >= 3
-    kinds = {e.builder for e in ev.TEST.values()}
+    assert len(suite.TEST) >= 12 and set(suite.QUICK) <= set(suite.TEST)
+    assert max(e.horizon for e in suite.TEST.values()) >= 3
+    kinds = {e.builder for e in suite.TEST.values()}
     assert kinds >= {"image_mlp", "image_conv", "image_autoencoder", "byte_lm",
                      "teacher_student", "linear_regression", "logistic_regression"}
-    assert 6 <= len(ev.VALIDATION) <= 10
-    assert max(e.horizon for e in ev.VALIDATION.values()) >= 3   # a long run in each suite
+    assert 6 <= len(suite.VALIDATION) <= 10
+    assert max(e.horizon for e in suite.VALIDATION.values()) >= 3   # a long run in each suite
     # the check itself can fail: the meta-training task and a family member are detected
-    assert in_meta_training_family(ev.SuiteTask("image_mlp", dict(hidden=(32,)), 1, ""))
-    assert in_meta_training_family(ev.SuiteTask("byte_lm", {}, 1, ""))
-    assert ev.HELD_OUT == {**ev.VALIDATION, **ev.TEST}
-    for name, entry in ev.HELD_OUT.items():
+    assert in_meta_training_family(suite.SuiteTask("image_mlp", dict(hidden=(32,)), 1, ""))
+    assert in_meta_training_family(suite.SuiteTask("byte_lm", {}, 1, ""))
+    assert suite.HELD_OUT == {**suite.VALIDATION, **suite.TEST}
+    for name, entry in suite.HELD_OUT.items():
         assert not in_meta_training_family(entry), name
-        task, horizon = ev.suite_task(name)
+        task, horizon = suite.suite_task(name)
         assert task.name == name and horizon == entry.horizon
         key = jax.random.key(0)
         loss = jax.eval_shape(task.loss, jax.eval_shape(task.init, key),
                               jax.eval_shape(task.sample_batch, task.data, key))
         assert loss.shape == () and loss.dtype == jnp.float32
-    assert ev.resolve_tasks("quick,fmnist8_mlp_w1024,quick") == list(ev.QUICK) + [
+    assert suite.resolve_tasks("quick,fmnist8_mlp_w1024,quick") == list(suite.QUICK) + [
         "fmnist8_mlp_w1024"]
-    assert ev.resolve_tasks("all") == ev.resolve_tasks("test") == list(ev.TEST)
-    assert ev.resolve_tasks("validation") == list(ev.VALIDATION)
-    test, val = ev.resolve_tasks("test"), ev.resolve_tasks("validation")
+    assert suite.resolve_tasks("all") == suite.resolve_tasks("test") == list(suite.TEST)
+    assert suite.resolve_tasks("validation") == list(suite.VALIDATION)
+    test, val = suite.resolve_tasks("test"), suite.resolve_tasks("validation")
     assert {"fmnist8_mlp_w1024", "devil_lm_2l_4h", "quadratic_d256_k1e4", "linreg_d32_zero",
             "fmnist8_logreg_zero", "fmnist16_mlp_6x64_relu"} <= set(test)
     assert {"devil_reversed_lm_ctx24", "teacher_student_tw128", "quadratic_d64_k1e3"} <= set(val)
     assert not set(test) & set(val)
-    assert ev.resolve_tasks("validation,test") == val + test
+    assert suite.resolve_tasks("validation,test") == val + test
 
 
 def test_validation_and_test_share_no_dataset_architecture_pair():
-    sig = ev.task_signature
+    sig = suite.task_signature
     # hand-checked: the builder's defaults fill what the options leave out
-    assert sig(ev.TEST["devil_lm_2l_4h"]) == ("devil", "transformer")
-    assert sig(ev.TEST["teacher_student_deep"]) == ("synthetic_teacher_16x32x4", "mlp")
-    assert sig(ev.VALIDATION["teacher_student_tw128"]) == ("synthetic_teacher_24x128x2", "mlp")
-    assert sig(ev.VALIDATION["devil_reversed_lm_ctx24"]) == ("devil_reversed", "transformer")
-    assert sig(ev.TEST["fmnist8_logreg_zero"]) == ("fashion_mnist_8x8", "linear")
-    assert sig(ev.SuiteTask("image_conv", {}, 1, "")) == ("fashion_mnist_16x16", "conv")
+    assert sig(suite.TEST["devil_lm_2l_4h"]) == ("devil", "transformer")
+    assert sig(suite.TEST["teacher_student_deep"]) == ("synthetic_teacher_16x32x4", "mlp")
+    assert sig(suite.VALIDATION["teacher_student_tw128"]) == ("synthetic_teacher_24x128x2", "mlp")
+    assert sig(suite.VALIDATION["devil_reversed_lm_ctx24"]) == ("devil_reversed", "transformer")
+    assert sig(suite.TEST["fmnist8_logreg_zero"]) == ("fashion_mnist_8x8", "linear")
+    assert sig(suite.SuiteTask("image_conv", {}, 1, "")) == ("fashion_mnist_16x16", "conv")
     # the check can fail: another seed, noise or student of a TEST problem is the same pair
-    twin = ev.SuiteTask("quadratic", dict(dim=256, condition=1e4, noise=0.5, seed=7), 1, "")
-    assert sig(twin) == sig(ev.TEST["quadratic_d256_k1e4"])
-    student = ev.SuiteTask("teacher_student", dict(in_dim=64, out_dim=8, hidden=(16,)), 1, "")
-    assert sig(student) == sig(ev.TEST["teacher_student_wide"])
-    val = {sig(e) for e in ev.VALIDATION.values()}
-    test = {sig(e) for e in ev.TEST.values()}
+    twin = suite.SuiteTask("quadratic", dict(dim=256, condition=1e4, noise=0.5, seed=7), 1, "")
+    assert sig(twin) == sig(suite.TEST["quadratic_d256_k1e4"])
+    student = suite.SuiteTask("teacher_student", dict(in_dim=64, out_dim=8, hidden=(16,)), 1, "")
+    assert sig(student) == sig(suite.TEST["teacher_student_wide"])
+    val = {sig(e) for e in suite.VALIDATION.values()}
+    test = {sig(e) for e in suite.TEST.values()}
     assert not val & test, val & test
     # VALIDATION still covers the kinds of problem TEST has
     assert {arch for _, arch in val} == {arch for _, arch in test} == {
@@ -335,11 +340,11 @@ def test_cli_quick_end_to_end_json_schema(tmp_path, capsys):
                            "--seeds", "3", "--json", str(path), "--cache", str(tmp_path / "c"))
     assert code == 0
     r = json.loads(path.read_text())
-    assert r["opt"] == "adam" and list(r["tasks"]) == list(ev.QUICK)
+    assert r["opt"] == "adam" and list(r["tasks"]) == list(suite.QUICK)
     for name, t in r["tasks"].items():
         assert set(t["final_loss"]) == {"opt", "adam"} and name in out
         assert isinstance(t["score"], float) and isinstance(t["speedup"], float)
-        assert t["steps"] == 15 * ev.TEST[name].horizon
+        assert t["steps"] == 15 * suite.TEST[name].horizon
         assert len(t["seeds"]["score"]) == 3
     for key in ("score", "speedup"):
         agg = r["aggregate"][key]
@@ -360,7 +365,7 @@ def test_fixed_adam_lr_is_untuned_adam(tmp_path):
     assert entry["final_loss"]["opt"] <= entry["final_loss"]["adam"] * (1 + 1e-6)
     same = tuned.result["tasks"][TINY.name]["final_loss"]                    # tuned vs itself
     assert same["opt"] == pytest.approx(same["adam"], rel=1e-6)
-    sweep = ev.tune_baseline(TINY, "adam", T, [0, 1], None)
+    sweep = baselines.tune_baseline(TINY, "adam", T, [0, 1], None)
     row = list(np.round(sweep.lrs, 8)).index(np.float32(1e-3).round(8))
     np.testing.assert_allclose(fixed.curves[TINY.name]["adam"], sweep.losses[row], rtol=1e-5)
     assert "untuned" in ev.format_table(fixed.result)
@@ -415,21 +420,23 @@ def test_real_celo_from_shipped_checkpoint_records_its_schedule():
 
 
 def test_every_held_out_task_has_a_family_and_family_scores_are_medians():
-    families = {ev.family(n) for n in ev.HELD_OUT}
+    families = {suite.family(n) for n in suite.HELD_OUT}
     assert {"MLP classifier", "conv net", "language model", "autoencoder", "regression",
             "long horizon"} <= families
-    assert ev.family("fmnist8_mlp_96x48_long") == "long horizon"
+    assert suite.family("fmnist8_mlp_96x48_long") == "long horizon"
     fake = {"tasks": {"fmnist8_mlp_w1024": {"score": 1.0}, "fmnist8_mlp_5x64_ln": {"score": 2.0},
                       "fmnist8_mlp_w512_bs16": {"score": 4.0}, "devil_lm_2l_4h": {"score": 0.5},
                       "not_a_suite_task": {"score": 9.0}}}
-    fams = ev.family_scores(fake)
+    fams = suite.family_scores(fake)
     assert fams == {"MLP classifier": {"tasks": 3, "median": 2.0, "min": 1.0, "max": 4.0},
                     "language model": {"tasks": 1, "median": 0.5, "min": 0.5, "max": 0.5}}
 
 
 def test_the_long_validation_task_trains_with_adam():
     """The newest suite member builds, and a few Adam steps lower its loss."""
-    task, horizon = ev.suite_task("fmnist8inv_mlp_64x32_long")
-    assert horizon == ev.LONG_HORIZON and ev.family("fmnist8inv_mlp_64x32_long") == "long horizon"
-    losses, _ = ev.run_curves(task, lambda _: ev.baseline_tx("adam", 1e-2), None, 40, [0])
+    task, horizon = suite.suite_task("fmnist8inv_mlp_64x32_long")
+    assert horizon == suite.LONG_HORIZON
+    assert suite.family("fmnist8inv_mlp_64x32_long") == "long horizon"
+    losses, _ = engine.run_curves(task, lambda _: baselines.baseline_tx("adam", 1e-2), None, 40,
+                                  [0])
     assert losses[0, -5:].mean() < 0.8 * losses[0, :5].mean()

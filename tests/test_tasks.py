@@ -1,6 +1,7 @@
-"""Task tests: every registered task trains under jit, data is a jit argument, stacking and
-vmapping over datasets, known parameter counts and formulas, the task family, and Celo §3 task
-augmentation checked against the chain rule and finite differences."""
+"""Task tests (tasks.py, its layers in layers.py, the task families in task_families.py): every
+registered task trains under jit, data is a jit argument, stacking and vmapping over datasets,
+known parameter counts and formulas, the task family, and Celo §3 task augmentation checked
+against the chain rule and finite differences."""
 
 import math
 import sys
@@ -14,6 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import layers  # noqa: E402
+import task_families  # noqa: E402
 import tasks  # noqa: E402
 
 ADAM_LR = 1e-2     # brief: a few steps of optax.adam at 1e-2 must lower the loss on one batch
@@ -167,7 +170,7 @@ def test_conv2d_same_matches_lax_conv(size, kernel, stride):
     w = jax.random.normal(kw, (kernel, kernel, 3, 4))
     expected = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(tasks.conv2d_same(x, w, stride), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers.conv2d_same(x, w, stride), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_autoencoder_loss_formula():
@@ -187,8 +190,8 @@ def test_byte_lm_windows_and_causality():
         batch = task.sample_batch(data, key)
         params = task.init(key)
         changed = batch["x"].at[:, 5].set((batch["x"][:, 5] + 1) % 256)  # edit position 5
-        return (batch, tasks._transformer_logits(params, batch["x"], 2, 4),
-                tasks._transformer_logits(params, changed, 2, 4))
+        return (batch, layers.transformer_logits(params, batch["x"], 2, 4),
+                layers.transformer_logits(params, changed, 2, 4))
 
     batch, a, b = run(task.data, jax.random.PRNGKey(3))
     assert batch["x"].shape == (4, 8) and batch["y"].shape == (4, 8)
@@ -223,8 +226,8 @@ def test_quadratic_gradient_formula():
     np.testing.assert_allclose(grad, h * (params["w"] - batch["target"]) / 5, rtol=1e-6)
 
 
-# ---- the held-out problems a general-purpose optimizer must handle (evaluate.TEST) --------
-NEW_TASKS = {  # tiny versions of the new builders and options (evaluate.TEST / VALIDATION)
+# ---- the held-out problems a general-purpose optimizer must handle (suite.TEST) -----------
+NEW_TASKS = {  # tiny versions of the new builders and options (suite.TEST / VALIDATION)
     "linreg_zero": lambda: tasks.linear_regression(in_dim=8, out_dim=2, batch_size=32),
     "logreg_zero": lambda: tasks.logistic_regression("fashion_mnist_8x8", batch_size=32),
     "logreg_zero_5class": lambda: tasks.logistic_regression("fashion_mnist_8x8_5class",
@@ -290,7 +293,7 @@ def test_linear_and_logistic_regression_start_at_zero():
 
 def test_deep_relu_mlp_has_zero_biases_and_random_weights():
     """The dense init (haiku Linear) already starts biases at zero: the deep ReLU task of
-    evaluate.TEST needs no zero_init option. 6 hidden layers + the output layer."""
+    suite.TEST needs no zero_init option. 6 hidden layers + the output layer."""
     task = tasks.image_mlp("fashion_mnist_16x16", hidden=(64,) * 6, activation="relu")
     params = task.init(jax.random.PRNGKey(0))
     assert sorted(params) == sorted(f"l{i}/{t}" for i in range(7) for t in "wb")
@@ -320,9 +323,9 @@ def test_activations_match_formulas():
     expected = {"relu": [0, 0, 1], "tanh": np.tanh([-1, 0, 1]), "sigmoid": [0.2689414, 0.5,
                 0.7310586], "elu": [math.exp(-1) - 1, 0, 1], "gelu": [-0.158808, 0, 0.841192],
                 "silu": [-0.2689414, 0, 0.7310586]}
-    assert set(expected) == set(tasks.ACTIVATIONS)
+    assert set(expected) == set(layers.ACTIVATIONS)
     for name, values in expected.items():
-        np.testing.assert_allclose(tasks.ACTIVATIONS[name](x), values, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layers.ACTIVATIONS[name](x), values, rtol=1e-5, atol=1e-6)
         task = tasks.image_mlp(activation=name)
         params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
         batch = jax.eval_shape(task.sample_batch, task.data, jax.random.PRNGKey(0))
@@ -402,25 +405,27 @@ def test_stack_data_rejects_mismatched_structures():
 
 def test_celo_meta_training_tasks(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))  # empty cache: only the embedded data
-    default = tasks.celo_meta_training_tasks()
+    default = task_families.celo_meta_training_tasks()
     assert [t.name for t in default] == ["celo_fashion_mnist_8x8"]
-    two = tasks.celo_meta_training_tasks(["fashion_mnist_8x8", "fashion_mnist_8x8_inverted"])
+    two = task_families.celo_meta_training_tasks(["fashion_mnist_8x8",
+                                                  "fashion_mnist_8x8_inverted"])
     shapes = [jax.eval_shape(t.init, jax.random.PRNGKey(0)) for t in two]
     assert shapes[0] == shapes[1] and two[0].loss_cap == two[1].loss_cap
     assert tasks.stack_data([t.data for t in two])["x"].shape[0] == 2
     for bad in ("fashion_mnist_16x16", "fashion_mnist_8x8_5class"):
         with pytest.raises(tasks.UnknownNameError, match="mnist_8x8"):
-            tasks.celo_meta_training_tasks([bad])
+            task_families.celo_meta_training_tasks([bad])
 
 
 # ---- task family ---------------------------------------------------------------------------------
 def test_sample_task_family_is_deterministic_and_diverse():
-    names = [t.name for t in tasks.sample_task_family(0, 30)]
-    assert names == [t.name for t in tasks.sample_task_family(0, 30)]
-    assert names != [t.name for t in tasks.sample_task_family(1, 30)]
+    names = [t.name for t in task_families.sample_task_family(0, 30)]
+    assert names == [t.name for t in task_families.sample_task_family(0, 30)]
+    assert names != [t.name for t in task_families.sample_task_family(1, 30)]
     kinds = {n.split("_")[0] for n in names}
     assert {"mlp", "conv", "teacher"} <= kinds and len(kinds) >= 4
-    for task in tasks.sample_task_family(0, 30)[:12]:  # static shapes, scalar loss (no compile)
+    # static shapes, scalar loss (no compile)
+    for task in task_families.sample_task_family(0, 30)[:12]:
         params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
         batch = jax.eval_shape(task.sample_batch, task.data, jax.random.PRNGKey(0))
         assert jax.eval_shape(task.loss, params, batch).shape == ()
@@ -428,12 +433,13 @@ def test_sample_task_family_is_deterministic_and_diverse():
 
 
 def test_sample_task_family_options():
-    only = tasks.sample_task_family(5, 6, kinds=["teacher_student"])
+    only = task_families.sample_task_family(5, 6, kinds=["teacher_student"])
     assert all(t.name.startswith("teacher_student") for t in only)
-    mlps = tasks.sample_task_family(5, 6, kinds=["image_mlp"], datasets=["fashion_mnist_16x16"])
+    mlps = task_families.sample_task_family(5, 6, kinds=["image_mlp"],
+                                            datasets=["fashion_mnist_16x16"])
     assert all("fashion_mnist_16x16" in t.name for t in mlps)
     with pytest.raises(tasks.UnknownNameError, match="image_mlp"):
-        tasks.sample_task_family(0, 2, kinds=["rnn"])
+        task_families.sample_task_family(0, 2, kinds=["rnn"])
 
 
 # ---- task augmentation (Celo §3 Eqs. (7)–(10)) ------------------------------------------------

@@ -1,4 +1,5 @@
-"""train.py: resumable meta-training, atomic checkpoints, one compile, clear errors."""
+"""train.py: resumable meta-training, atomic checkpoints, one compile, clear errors; its run log
+(run_log.py): progress, meta-loss plot, setting an earlier run aside."""
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import celo
 import checkpoint
 import registry
+import run_log
 import small_fc_lopt
 import tasks
 import train
@@ -244,16 +246,16 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path):
 
 def test_meta_loss_plot_marks_stage_boundaries(tmp_path):
     rows = [[s, "rule" if s < 3 else "scheduler", "0.5", 0, "1", "0"] for s in range(5)]
-    assert train.stage_starts(rows) == [(0, "rule"), (3, "scheduler")]   # a line at step 3
-    assert train.stage_starts(rows[:3]) == [(0, "rule")]                 # one stage: no line
-    train.plot_meta_loss(rows, str(tmp_path / "p.png"))
+    assert run_log.stage_starts(rows) == [(0, "rule"), (3, "scheduler")]   # a line at step 3
+    assert run_log.stage_starts(rows[:3]) == [(0, "rule")]                 # one stage: no line
+    run_log.plot_meta_loss(rows, str(tmp_path / "p.png"))
     assert os.path.getsize(tmp_path / "p.png") > 0
 
 
 def test_eta_excludes_the_compiling_first_step():
     """First step of a stage: 100 s (compiling), then 2 s per step; 10 steps in all."""
     times = iter([100.0, 102.0, 104.0])
-    progress = train.Progress(10, clock=lambda: next(times))
+    progress = run_log.Progress(10, clock=lambda: next(times))
     progress.tty = False
     for step in (1, 2, 3):
         progress.update(step, 0.5, 1.0)
@@ -264,13 +266,13 @@ def test_set_aside_names_a_run_by_its_own_time(tmp_path):
     path = str(tmp_path / "run.npz")
     checkpoint.save_checkpoint(path, "x", {"a": jnp.ones(1)}, meta={"saved_at": "20200102-030405"})
     os.utime(path, (1e9, 1e9))                                # a fresh clone's mtime: ignored
-    assert train.set_aside(path, log=quiet).endswith("run.20200102-030405.npz")
+    assert run_log.set_aside(path, log=quiet).endswith("run.20200102-030405.npz")
     checkpoint.save_checkpoint(path, "x", {"a": jnp.ones(1)}, meta={"saved_at": "20200102-030405"})
-    assert train.set_aside(path, log=quiet).endswith("run.20200102-030405-1.npz")  # none lost
+    assert run_log.set_aside(path, log=quiet).endswith("run.20200102-030405-1.npz")  # none lost
     checkpoint.save_checkpoint(path, "x", {"a": jnp.ones(1)})  # an older file: its mtime
     os.utime(path, (1e9, 1e9))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(1e9))
-    assert train.set_aside(path, log=quiet).endswith(f"run.{stamp}.npz")
+    assert run_log.set_aside(path, log=quiet).endswith(f"run.{stamp}.npz")
 
 
 def test_init_continues_a_full_checkpoint_and_restarts_from_a_stripped_one(tmp_path,
