@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, init_mlp_with_direction,
-                  lstm_step, map_tensors, per_parameter_mlp)
+from lopt import (LearnedOptimizer, as_optax, cosine_anneal, init_lstm, init_mlp,
+                  init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
 
 # Fixed scalars of Algorithm 1 (Celo, arXiv 2501.12670, Alg. 1 line 2) and the reference code
 # (amoudgl/celo).
@@ -166,8 +166,7 @@ def learning_rate(theta, state, loss):
 
 def prior_eta(t, num_steps, prior=PRIOR_ETA):
     """The cosine decay η*(t) = η_end + (η_0 − η_end)·(1 + cos(π·min(t/N, 1)))/2 (ours)."""
-    frac = jnp.minimum(jnp.asarray(t, jnp.float32) / jnp.asarray(num_steps, jnp.float32), 1.0)
-    return prior[1] + (prior[0] - prior[1]) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return cosine_anneal(t, num_steps, *prior)
 
 
 def synthetic_scheduler_inputs(key, num_steps, length):

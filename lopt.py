@@ -58,6 +58,13 @@ def as_optax(lopt, theta, num_steps):
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def cosine_anneal(t, num_steps, start, end):
+    """start → end by a half cosine over the run: end + (start − end)·(1 + cos(π·min(t/N, 1)))/2.
+    Celo's scheduler prior (celo.PRIOR_ETA) and VeLO's step multiplier at use (velo.ANNEAL)."""
+    frac = jnp.minimum(jnp.asarray(t, jnp.float32) / jnp.asarray(num_steps, jnp.float32), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
 def count_params(tree):
     """Number of scalars in a pytree (meta-parameter counts in tests and the README)."""
     return sum(int(x.size) for x in jax.tree.leaves(tree))

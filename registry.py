@@ -72,6 +72,10 @@ CELO_STAGES = (Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False
 # would span 1e6 in learning rate.
 CELO2_SETTINGS = CELO_OUTER + (("meta_steps", 3000), ("tau_range", 10.0))
 
+# VeLO's tensor-scale floor and annealed step (velo.MIN_PARAM_SCALE, velo.ANNEAL) are for use;
+# meta-training runs the reference step, as for Celo's floor.
+VELO_STAGES = (Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)
+
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
     "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
@@ -85,14 +89,16 @@ OPTIMIZERS = {
                                 settings=CELO_SETTINGS),
     # VeLO (arXiv 2211.09760) at the small size (LSTM 64, bank 32: Celo's VeLO-S); the paper
     # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
-    "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small"),
-                   settings=CELO_OUTER + (("meta_steps", 1500),), shipped="velo_small.npz"),
+    "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small", **kw),
+                   settings=CELO_OUTER + (("meta_steps", 1500),), stages=VELO_STAGES,
+                   shipped="velo_small.npz"),
     # The papers' random meta-initialization (ours starts from a relative-step Adam: celo.py
     # RULE_INIT, velo.py META_INIT), for the ablation in the README.
     "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
                                settings=CELO_SETTINGS, stages=CELO_STAGES),
     "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
-                                                                         meta_init="random"),
+                                                                         meta_init="random", **kw),
+                               stages=VELO_STAGES,
                                settings=CELO_OUTER + (("meta_steps", 1500),)),
     # Celo2 (arXiv 2602.19142): the normalized rule meta-trained with its harness in the loop
     # (celo2: Newton–Schulz on 2-D weights, AdamW elsewhere) or without it (celo2_base).

@@ -36,14 +36,21 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (LearnedOptimizer, as_optax, init_lstm, init_mlp, init_mlp_with_direction,
-                  lstm_step, map_tensors, per_parameter_mlp)
+from lopt import (LearnedOptimizer, as_optax, cosine_anneal, init_lstm, init_mlp,
+                  init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
 
 STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
 EXP_MULT = 1e-3        # λ2 (μLO Eq. (9); reference exp_mult)
 GRAD_CLIP = 1000.0     # g ← clip(g, ±1000) before anything reads it (reference)
 MIX_SCALE = 100.0      # θ_t = 100 · mean_k(C_tk θ_k) (reference interpolate_theta)
 PARAM_SCALE_EPS = 1e-9  # sqrt(mean p² + 1e-9): the tensor's RMS scales the step (reference)
+# Ours, in use only (meta-training runs the reference step: registry.py), as for Celo: a floor
+# under the tensor scale, so that zero-initialized tensors move, and the step multiplied by a
+# cosine from ANNEAL[0] to ANNEAL[1] over the run (Celo's fitted prior, celo.PRIOR_ETA). Without
+# them our VeLO diverged at 5000 steps (a tanh MLP, 2.33 → 12.8: it grows the output layer's
+# RMS exponentially) and never moved a deep ReLU net with zero biases (docs/velo.md).
+MIN_PARAM_SCALE = 0.1
+ANNEAL = (1.0, 0.03)
 FF_HIDDEN = 4          # per-parameter MLP 30 → 4 → 4 → (d, m) (VeLO App. B.4)
 FF_HIDDEN_LAYERS = 2
 FF_OUTPUTS = 2         # direction, log-magnitude; the reference's third output is never read
@@ -165,11 +172,13 @@ def mlp_outputs(mlp, p, g, state):
     return per_parameter_mlp(mlp, p, g, state, features.VELO_GROUPS, FAC_MOM_EPS)[:FF_OUTPUTS]
 
 
-def tensor_step(mlp, lr_mult, p, g, state, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+def tensor_step(mlp, lr_mult, p, g, state, step_mult=STEP_MULT, exp_mult=EXP_MULT, min_scale=0.0):
     """The update added to one tensor, Δp = −α · d · RMS(p) · exp(λ2 m) · λ1 (μLO Eq. (9);
-    VeLO App. B.4). `state` holds the accumulators that already absorbed g."""
+    VeLO App. B.4). `state` holds the accumulators that already absorbed g. min_scale > 0 floors
+    RMS(p) (ours; 0: the reference)."""
     d, m = mlp_outputs(mlp, p, g, state)
     param_scale = jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)  # the RMS, not the norm
+    param_scale = jnp.maximum(param_scale, min_scale) if min_scale > 0 else param_scale
     step = d * (param_scale * jnp.exp(m * exp_mult)) * step_mult * lr_mult
     return -step.reshape(p.shape)
 
@@ -206,8 +215,14 @@ def lstm_inputs(state, params, loss_state):
                             per_tensor], axis=1)
 
 
-def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MULT):
-    """One VeLO update (module docstring, steps 1–4); returns (updates to add, new state)."""
+def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MULT,
+         min_scale=None, anneal=True):
+    """One VeLO update (module docstring, steps 1–4); returns (updates to add, new state).
+    min_scale (None: MIN_PARAM_SCALE, read at trace time) and anneal (× the ANNEAL cosine) are
+    ours; min_scale=0, anneal=False is the reference step (the oracle tests)."""
+    min_scale = MIN_PARAM_SCALE if min_scale is None else min_scale
+    if anneal:
+        step_mult = step_mult * cosine_anneal(state.step, state.num_steps, *ANNEAL)
     loss_state, _ = acc.update_loss_ema(state.loss, loss)
     grads = jax.tree.map(lambda g: jnp.clip(g, -GRAD_CLIP, GRAD_CLIP), grads)
     x = lstm_inputs(state, params, loss_state)
@@ -217,7 +232,7 @@ def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MU
     def tensor(p, g, s, i):                                   # i: the tensor's row of X
         s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS, acc.ADAFACTOR_DECAYS)
         mlp = jax.tree.map(lambda w: w[i], mixed)
-        return tensor_step(mlp, lr_mult[i], p, g, s, step_mult, exp_mult), s
+        return tensor_step(mlp, lr_mult[i], p, g, s, step_mult, exp_mult, min_scale), s
 
     index = jax.tree.unflatten(jax.tree.structure(params), list(range(x.shape[0])))
     updates, new_acc = map_tensors(tensor, params, grads, state.acc, index)
@@ -225,7 +240,7 @@ def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MU
 
 
 def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
-                      meta_init=META_INIT):
+                      meta_init=META_INIT, min_scale=None, anneal=True):
     """The contract record for one of SIZES.
 
     "small" (H = 64, K = 32) has the widths of Celo's VeLO-S (Celo §5, App. A.2) — a published
@@ -242,15 +257,18 @@ def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
     return LearnedOptimizer(f"velo_{size}",
                             partial(init_meta_params, lstm_hidden=lstm_hidden, bank=bank,
                                     meta_init=meta_init),
-                            init, partial(step, step_mult=step_mult, exp_mult=exp_mult),
+                            init, partial(step, step_mult=step_mult, exp_mult=exp_mult,
+                                          min_scale=min_scale, anneal=anneal),
                             needs_loss=True)
 
 
-def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT):
+def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT, min_scale=None,
+              anneal=True):
     """VeLO with meta-parameters θ (any size: read from θ) as an optax transformation; call
-    `tx.update(grads, state, params, value=loss)`."""
+    `tx.update(grads, state, params, value=loss)`. min_scale=0, anneal=False: the reference."""
     lopt = LearnedOptimizer("velo", init_meta_params, init,
-                            partial(step, step_mult=step_mult, exp_mult=exp_mult), needs_loss=True)
+                            partial(step, step_mult=step_mult, exp_mult=exp_mult,
+                                    min_scale=min_scale, anneal=anneal), needs_loss=True)
     return as_optax(lopt, theta, num_steps)
 
 

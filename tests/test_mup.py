@@ -149,7 +149,7 @@ def test_mu_velo_drops_the_parameter_scale_and_applies_the_table():
     the zero-initialized output layer moves at VeLO's λ1 scale instead of ~3e-5 of it."""
     mu_task = mup.mu_task(mup.width_task(16, depth=2))
     params, _, loss, grads = grads_at_init(mu_task)
-    plain = velo.learned_optimizer("tiny")
+    plain = velo.learned_optimizer("tiny", min_scale=0.0, anneal=False)
     mu = mup.velo_m(mu_task.multipliers, size="tiny")
     theta = plain.init_meta_params(jax.random.PRNGKey(0))
     steps = jax.jit(lambda th, p, g, l: [lopt.step(th, lopt.init(th, p, 100), p, g, l)[0]

@@ -9,6 +9,7 @@ import accumulators as acc
 import features
 import velo
 from conftest import rel_col_err
+import lopt
 from lopt import apply_mlp, count_params
 
 NAMES = ("bias", "kernel3d", "scale", "weight")
@@ -87,7 +88,7 @@ def _probe(theta, state, params, grads, loss):
         mlp_out[n] = jnp.stack([d, m], -1)
     found = dict(loss_clipped=clipped, lstm_in=x, controls=controls, lr_mult=lr_mult,
                  lstm_h=h, lstm_c=c, mixed=mixed, mlp_in=mlp_in, mlp_out=mlp_out)
-    return found, velo.step(theta, state, params, grads, loss)
+    return found, velo.step(theta, state, params, grads, loss, min_scale=0.0, anneal=False)
 
 
 def test_six_updates_match_reference(velo_oracle):
@@ -329,3 +330,45 @@ def test_lstm_state_is_carried_and_starts_from_theta():
     _, s1 = STEP(theta, state, params, grads, jnp.float32(1.0))
     _, s2 = STEP(theta, s1, params, grads, jnp.float32(1.0))
     assert not np.allclose(s1.lstm_h, state.lstm_h) and not np.allclose(s2.lstm_h, s1.lstm_h)
+
+
+# ----------------------------------------------------------------------------- ours, in use
+
+def test_floor_moves_a_zero_tensor_and_the_reference_does_not():
+    """velo.MIN_PARAM_SCALE: a zero bias steps by λ1·d·0.1 (≥ 1e-5 here), not λ1·d·3e-5."""
+    theta = tiny_theta(jax.random.PRNGKey(0))
+    params, grads = _problem()
+    state = velo.init(theta, params, 100)
+    step = jax.jit(lambda ms: velo.step(theta, state, params, grads, jnp.float32(1.0),
+                                        min_scale=ms, anneal=False)[0], static_argnums=0)
+    floored, reference = step(velo.MIN_PARAM_SCALE), step(0.0)
+    rms = lambda x: float(jnp.sqrt(jnp.mean(jnp.square(x))))
+    assert rms(reference["b"]) < 1e-6 < 1e-5 < rms(floored["b"]) < 1e-1
+    # the same direction, scaled by floor / sqrt(ε) instead of sqrt(ε)
+    np.testing.assert_allclose(floored["b"], np.asarray(reference["b"]) * velo.MIN_PARAM_SCALE
+                               / np.sqrt(velo.PARAM_SCALE_EPS), rtol=1e-4)
+    # a tensor whose RMS is above the floor takes the reference step exactly
+    np.testing.assert_array_equal(floored["w"], reference["w"])
+
+
+def test_anneal_scales_the_step_by_the_cosine():
+    """velo.ANNEAL: the update at step t is the un-annealed one × cosine_anneal(t, N)."""
+    theta = tiny_theta(jax.random.PRNGKey(0))
+    params, grads = _problem()
+    n = 100
+    for t in (0, 50, 99):
+        state = velo.init(theta, params, n)._replace(step=jnp.int32(t))
+        on, _ = velo.step(theta, state, params, grads, jnp.float32(1.0), anneal=True)
+        off, _ = velo.step(theta, state, params, grads, jnp.float32(1.0), anneal=False)
+        factor = float(lopt.cosine_anneal(t, n, *velo.ANNEAL))
+        assert abs(factor - (velo.ANNEAL[1] + (velo.ANNEAL[0] - velo.ANNEAL[1])
+                             * 0.5 * (1 + np.cos(np.pi * t / n)))) < 1e-6
+        for k in params:
+            np.testing.assert_allclose(on[k], factor * np.asarray(off[k]), rtol=1e-5, atol=1e-12)
+
+
+def test_meta_training_runs_the_reference_step():
+    """registry: `--opt velo` meta-trains without the floor and the anneal (as Celo's floor)."""
+    import registry
+    kw = dict(registry.OPTIMIZERS["velo"].stages[-1].train_kwargs)
+    assert kw == {"min_scale": 0.0, "anneal": False}
