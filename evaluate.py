@@ -1,6 +1,6 @@
 """evaluate.py: score an optimizer on held-out tasks against tuned Adam, as Celo does.
 
-Celo (celo.txt) §4 "Reliably scoring optimizers at scale", §5.3–5.4 and App. A.3: every task is
+Celo (arXiv 2501.12670) §4 "Reliably scoring optimizers at scale", §5.3–5.4 and App. A.3: every task is
 trained T steps with 3 seeds; the training loss is smoothed by an EMA (0.9) and the final loss is
 the mean over the last 10 batches; the normalized final-loss score is s = L_adam / L_opt (Eq. (11))
 and the speedup s = T / T_opt (Eq. (12)), T_opt the first step reaching tuned Adam's final loss

@@ -1,6 +1,6 @@
 """The learned-optimizer contract (lopt.py), checked on every per-step optimizer of the registry:
 finite steps from a random θ, the optax wrapper = the raw step, one compilation for new values of
-the same shapes, lax.scan = a Python loop (STYLE.md §8–9). Optimizer-specific tests stay in their
+the same shapes, lax.scan = a Python loop. Optimizer-specific tests stay in their
 own files; this one holds the checks every optimizer shares."""
 import jax
 import jax.numpy as jnp

@@ -58,3 +58,16 @@ def test_train_help_runs_without_error():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--opt" in r.stdout and "--resume" in r.stdout
+
+
+def test_citations_name_papers_not_files_outside_the_repository():
+    """A reader has the papers (arXiv ids), not our notes: no code or doc cites celo.txt & co."""
+    here = os.path.basename(__file__)
+    bad = ("celo.txt", "mulo.txt", "velo_summary.txt", "REFERENCE.md", "CELO2.md", "STYLE.md")
+    found = []
+    for folder in (ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "docs")):
+        for name in os.listdir(folder):
+            if name.endswith((".py", ".md")) and name != here:
+                text = open(os.path.join(folder, name), encoding="utf-8").read()
+                found += [(name, b) for b in bad if b in text]
+    assert not found, found

@@ -1,4 +1,4 @@
-"""The repository's layout rules (STYLE.md "Which file may import which"), checked on the source
+"""The repository's layout rules (which file may import which), checked on the source
 with `ast`: imports among the project's modules form no cycle, no module but a script imports a
 script, and files stay short."""
 import ast
