@@ -239,7 +239,8 @@ def with_fitted_scheduler(theta, key, **kw):
 def rule_outputs(rule, p, g, tensor_state):
     """[d, m] = f_mlp(F) (Celo Alg. 1 lines 10–11): the 30 features (features.VELO_GROUPS) of the
     *updated* accumulators, each normalized over the tensor by rsqrt(1e-5 + mean x²) (folded
-    into the first layer; lopt.per_parameter_mlp, shared with VeLO)."""
+    into the first layer; lopt.per_parameter_mlp, shared with VeLO; the same computation written
+    plainly, features → normalize → MLP, is lopt.per_parameter_mlp_plain, tested equal)."""
     return per_parameter_mlp(rule, p, g, tensor_state, features.VELO_GROUPS, 0.0)[:2]
 
 

@@ -160,6 +160,16 @@ def mlp_on_columns(mlp, cols, w0, extra_bias=0.0):
     return h
 
 
+def per_parameter_mlp_plain(mlp, p, g, state, groups, fac_mom_eps, extra_bias=0.0):
+    """The per-parameter MLP as the papers write it (μLO App. A.3; Celo Alg. 1 ll. 10–11):
+    features F (*S, C) → each column normalized over the tensor → MLP, one row per parameter.
+    Returns the output units as planes of shape S. per_parameter_mlp computes the same, fast."""
+    x = features.normalize_columns(features.stack(features.columns(p, g, state, groups,
+                                                                   fac_mom_eps)))
+    out = apply_mlp(mlp, x, extra_bias=extra_bias)
+    return [out[..., j] for j in range(out.shape[-1])]
+
+
 def per_parameter_mlp(mlp, p, g, state, groups, fac_mom_eps, extra_bias=0.0):
     """apply_mlp(mlp, normalize_columns(features)) for every entry of one tensor, fast: output
     units as planes. Shared by small_fc_lopt, Celo and VeLO (each passes its feature groups).
