@@ -27,6 +27,7 @@ import accumulators as acc
 import features
 from lopt import (LearnedOptimizer, as_optax, cosine_anneal, init_lstm, init_mlp,
                   init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
+from lopt import param_scale as lopt_param_scale
 
 # Fixed scalars of Algorithm 1 (Celo, arXiv 2501.12670, Alg. 1 line 2) and the reference code
 # (amoudgl/celo).
@@ -249,9 +250,7 @@ def param_scale(p, min_scale=None):
     line 12 writes the L2 norm ‖p‖₂ (larger by sqrt(p.size)); the published θ was meta-trained
     with the RMS, so we follow the code. An all-zero tensor gets sqrt(1e-9) ≈ 3.2e-5, unless
     min_scale (default MIN_PARAM_SCALE, read at trace time) floors it (ours, as Adafactor's ε2)."""
-    rms = jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)
-    min_scale = MIN_PARAM_SCALE if min_scale is None else min_scale
-    return jnp.maximum(rms, min_scale) if min_scale > 0 else rms
+    return lopt_param_scale(p, PARAM_SCALE_EPS, MIN_PARAM_SCALE if min_scale is None else min_scale)
 
 
 def step(theta, state, params, grads, loss, use_scheduler=True, min_scale=None):

@@ -65,6 +65,13 @@ def cosine_anneal(t, num_steps, start, end):
     return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
 
 
+def param_scale(p, eps, min_scale=0.0):
+    """sqrt(mean(p²) + eps), the tensor's RMS that Celo's and VeLO's relative steps multiply,
+    floored at min_scale when it is > 0 (ours: a zero-initialized tensor then moves)."""
+    rms = jnp.sqrt(jnp.mean(jnp.square(p)) + eps)
+    return jnp.maximum(rms, min_scale) if min_scale > 0 else rms
+
+
 def count_params(tree):
     """Number of scalars in a pytree (meta-parameter counts in tests and the README)."""
     return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -35,7 +35,7 @@ import layers
 import small_fc_lopt
 import tasks
 import velo
-from lopt import LearnedOptimizer
+from lopt import LearnedOptimizer, param_scale
 
 # ----------------------------------------------------------------------------- constants
 INIT_TRUNCATION = layers.INIT_TRUNCATION  # ±2σ: the μLO code's truncated normal, no variance fix
@@ -251,7 +251,7 @@ def without_param_scale(updates, params):
     """VeLO's update divided by its parameter-RMS factor sqrt(mean p² + 1e-9) (μLO App. C:
     μVeLO removes it, since zero-initialized tensors would never move)."""
     return jax.tree.map(
-        lambda u, p: u / jnp.sqrt(jnp.mean(jnp.square(p)) + velo.PARAM_SCALE_EPS), updates, params)
+        lambda u, p: u / param_scale(p, velo.PARAM_SCALE_EPS), updates, params)
 
 
 def velo_m(multipliers=None, size: str = VELO_SIZE, step_mult: float = VELO_STEP_MULT

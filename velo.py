@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import accumulators as acc
 import features
 from lopt import (LearnedOptimizer, as_optax, cosine_anneal, init_lstm, init_mlp,
-                  init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
+                  init_mlp_with_direction, lstm_step, map_tensors, param_scale,
+                  per_parameter_mlp)
 
 STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
 EXP_MULT = 1e-3        # λ2 (μLO Eq. (9); reference exp_mult)
@@ -177,9 +178,8 @@ def tensor_step(mlp, lr_mult, p, g, state, step_mult=STEP_MULT, exp_mult=EXP_MUL
     VeLO App. B.4). `state` holds the accumulators that already absorbed g. min_scale > 0 floors
     RMS(p) (ours; 0: the reference)."""
     d, m = mlp_outputs(mlp, p, g, state)
-    param_scale = jnp.sqrt(jnp.mean(jnp.square(p)) + PARAM_SCALE_EPS)  # the RMS, not the norm
-    param_scale = jnp.maximum(param_scale, min_scale) if min_scale > 0 else param_scale
-    step = d * (param_scale * jnp.exp(m * exp_mult)) * step_mult * lr_mult
+    scale = param_scale(p, PARAM_SCALE_EPS, min_scale)               # the RMS, not the norm
+    step = d * (scale * jnp.exp(m * exp_mult)) * step_mult * lr_mult
     return -step.reshape(p.shape)
 
 
