@@ -183,14 +183,16 @@ def score_task(opt_losses, adam: Tuned) -> dict:
     l_adam = float(metrics.final_training_loss(adam.best_losses).mean())
     scores = metrics.normalized_score(l_adam, finals)
     speedups = metrics.speedup(smoothed, np.full(finals.shape, l_adam))
-    return {"final_loss": {"opt": _num(finals.mean()), "adam": _num(l_adam)},
-            "score": _num(scores.mean()), "speedup": _num(speedups.mean()),
+    num = finite_or_none
+    return {"final_loss": {"opt": num(finals.mean()), "adam": num(l_adam)},
+            "score": num(scores.mean()), "speedup": num(speedups.mean()),
             "steps": int(smoothed.shape[-1]), "adam_lr": float(adam.lrs[adam.best]),
-            "seeds": {"final_loss": [_num(x) for x in finals], "score": [_num(x) for x in scores],
-                      "speedup": [_num(x) for x in speedups]}}
+            "seeds": {"final_loss": [num(x) for x in finals], "score": [num(x) for x in scores],
+                      "speedup": [num(x) for x in speedups]}}
 
 
-def _num(x) -> float | None:
+def finite_or_none(x) -> float | None:
+    """float(x), or None where x is inf/NaN (JSON has neither; stability.py uses it too)."""
     x = float(x)
     return x if math.isfinite(x) else None   # JSON has no inf/NaN: a diverged run reads null
 

@@ -39,7 +39,7 @@ def check(opt, names, steps, seeds, log=print):
             final = float(np.max(metrics.final_training_loss(losses)))
             ok = bool(np.isfinite(final) and final < initial)
             rows.append(dict(opt=opt, task=name, steps=t, initial=initial,
-                             final=final if np.isfinite(final) else None, ok=ok))
+                             final=evaluate.finite_or_none(final), ok=ok))
             log(f"{'ok  ' if ok else 'FAIL'} {opt:>11} {name:<30} {t:>5} steps: "
                 f"loss {initial:.4g} → {final:.4g}  ({time.time() - start:.0f} s)")
     return rows

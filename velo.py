@@ -264,12 +264,11 @@ def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
 
 def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT, min_scale=None,
               anneal=True):
-    """VeLO with meta-parameters θ (any size: read from θ) as an optax transformation; call
-    `tx.update(grads, state, params, value=loss)`. min_scale=0, anneal=False: the reference."""
-    lopt = LearnedOptimizer("velo", init_meta_params, init,
-                            partial(step, step_mult=step_mult, exp_mult=exp_mult,
-                                    min_scale=min_scale, anneal=anneal), needs_loss=True)
-    return as_optax(lopt, theta, num_steps)
+    """VeLO with meta-parameters θ (any size: step reads the widths from θ) as an optax
+    transformation; call `tx.update(grads, state, params, value=loss)`. min_scale=0,
+    anneal=False: the reference."""
+    return as_optax(learned_optimizer(step_mult=step_mult, exp_mult=exp_mult,
+                                      min_scale=min_scale, anneal=anneal), theta, num_steps)
 
 
 def theta_from_reference(flat):

@@ -38,7 +38,7 @@ def test_main_command_names_a_registered_optimizer():
 def test_requirements_are_the_declared_dependencies():
     names = {re.split(r"[<>=\s]", line)[0].lower()
              for line in open(os.path.join(ROOT, "requirements.txt")) if line.strip()}
-    assert names == {"jax", "numpy", "optax", "matplotlib", "pytest"}
+    assert names == {"jax", "numpy", "optax", "matplotlib", "pytest", "pytest-xdist"}
 
 
 def test_nothing_reads_shared_at_run_or_test_time():
