@@ -68,9 +68,11 @@ seed = 0                   # seeds θ's init, the tasks, the perturbations
 estimator = "pes"          # "pes": truncated persistent ES; "es": antithetic ES over whole runs
 task_set = "celo"          # "celo": Celo's 8×8 MLP (App. A.4) on every available dataset;
                            # "family": num_family_tasks structures from
-                           # task_families.sample_task_family; or comma-separated names of
-                           # tasks.TASKS (e.g. "teacher_student")
+                           # task_families.sample_task_family; "celo+family": both; or
+                           # comma-separated names of tasks.TASKS (e.g. "teacher_student")
 num_family_tasks = 4       # task structures drawn for task_set="family" (each compiled once)
+family_kinds = ""          # "": every kind of task_families.FAMILY_KIND_PROBS; or some, comma-
+                           # separated (e.g. "image_mlp,teacher_student": no convs or LMs)
 pairs_per_task = 8         # antithetic pairs per task (dataset) per meta-step (μLO §5: 8)
 truncation = 50            # inner steps per PES truncation (Celo App. A.3)
 sigma = 0.01               # PES perturbation std (Celo App. A.3)
@@ -140,11 +142,15 @@ def check(cfg):
     if not cfg["min_horizon"] >= cfg["truncation"]:
         raise ConfigError(f"--min-horizon {cfg['min_horizon']} must be ≥ --truncation "
                           f"{cfg['truncation']} (a run may restart at most once per truncation)")
-    if cfg["task_set"] not in ("celo", "family"):
+    if cfg["task_set"] not in ("celo", "family", "celo+family"):
         for n in cfg["task_set"].split(","):
             if n not in tasks.TASKS:
                 raise ConfigError(f"--task-set: unknown task {n!r}; valid: celo, family, "
-                                  f"{', '.join(sorted(tasks.TASKS))}")
+                                  f"celo+family, {', '.join(sorted(tasks.TASKS))}")
+    for k in filter(None, cfg["family_kinds"].split(",")):
+        if k not in task_families.FAMILY_KIND_PROBS:
+            raise ConfigError(f"--family-kinds: unknown kind {k!r}; valid: "
+                              f"{', '.join(task_families.FAMILY_KIND_PROBS)}")
     if cfg["max_horizon"] < cfg["min_horizon"]:
         raise ConfigError("--max-horizon must be ≥ --min-horizon")
     if not (cfg["sigma"] > 0 and cfg["meta_lr"] > 0):
@@ -157,16 +163,20 @@ def check(cfg):
 def meta_tasks(cfg, name):
     """Task groups for meta-training: lists of same-structure tasks whose data stack."""
     prepare = partial(prepare_task, name)
-    if cfg["task_set"] == "celo":
-        # Celo App. A.4 uses MNIST, Fashion-MNIST, CIFAR-10 and SVHN at 8×8; offline we have
-        # Fashion-MNIST (and MNIST / CIFAR-10 once in the cache), plus its inverted-intensity
-        # twin for a second, differently conditioned dataset of the same structure.
-        names = [d for d in task_families.CELO_DATASETS if data.dataset_available(d)]
-        names.append("fashion_mnist_8x8_inverted")
-        return [[prepare(t) for t in task_families.celo_meta_training_tasks(names)]]
-    if cfg["task_set"] == "family":
-        return [[prepare(t)] for t in task_families.sample_task_family(cfg["seed"],
-                                                                       cfg["num_family_tasks"])]
+    if cfg["task_set"] in ("celo", "family", "celo+family"):
+        groups = []
+        if cfg["task_set"] != "family":
+            # Celo App. A.4 uses MNIST, Fashion-MNIST, CIFAR-10 and SVHN at 8×8; offline we have
+            # Fashion-MNIST (and MNIST / CIFAR-10 once in the cache), plus its inverted-intensity
+            # twin for a second, differently conditioned dataset of the same structure.
+            names = [d for d in task_families.CELO_DATASETS if data.dataset_available(d)]
+            names.append("fashion_mnist_8x8_inverted")
+            groups.append([prepare(t) for t in task_families.celo_meta_training_tasks(names)])
+        if cfg["task_set"] != "celo":
+            kinds = [k for k in cfg["family_kinds"].split(",") if k] or None
+            groups += [[prepare(t)] for t in task_families.sample_task_family(
+                cfg["seed"], cfg["num_family_tasks"], kinds=kinds)]
+        return groups
     return [[prepare(tasks.get_task(n))] for n in cfg["task_set"].split(",")]
 
 

@@ -10,8 +10,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 sys.path.insert(0, ROOT)
 
-# Compiling dominates this suite's time: keep compiled programs on disk (same program in several
-# tests, and across runs), so each is compiled once. Set LOPT_JAX_CACHE="" to turn it off.
+# Compiling dominates this suite's time (and XLA compiles on one core, hence `pytest -n 2`): keep
+# compiled programs on disk (same program in several tests, and across runs), so each is compiled
+# once; the xdist workers share the directory (JAX only warns on an unreadable entry, then
+# compiles). Set LOPT_JAX_CACHE="" to turn it off.
 _CACHE = os.environ.get("LOPT_JAX_CACHE", os.path.join(ROOT, ".cache", "jax"))
 if _CACHE:
     jax.config.update("jax_compilation_cache_dir", _CACHE)

@@ -349,3 +349,21 @@ def test_grad_clip_is_a_global_norm_clip_and_zero_turns_it_off():
         tx = train.meta_optimizer(train.resolve({"opt": "celo", "grad_clip": clip}))
         for a, b in zip(run(tx, gs), run(ref, seen)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+
+
+def test_task_sets_celo_family_and_both_with_restricted_kinds():
+    """task_set "celo+family" = Celo's 8×8 group, then one group per family structure;
+    family_kinds restricts the structures drawn; an unknown kind is one ConfigError line."""
+    import task_families
+    mix = dict(opt="celo", task_set="celo+family", num_family_tasks=3,
+               family_kinds="teacher_student,image_autoencoder")
+    groups = train.meta_tasks(train.resolve(mix), "celo")
+    celo = train.meta_tasks(train.resolve({"opt": "celo"}), "celo")
+    assert [t.name for t in groups[0]] == [t.name for t in celo[0]] and len(groups) == 4
+    drawn = task_families.sample_task_family(0, 3, kinds=["teacher_student", "image_autoencoder"])
+    assert [g[0].name for g in groups[1:]] == [t.name for t in drawn]
+    assert all(t.name.startswith(("teacher_student", "ae_")) for t in drawn)
+    family = train.meta_tasks(train.resolve({**mix, "task_set": "family"}), "celo")
+    assert [g[0].name for g in family] == [t.name for t in drawn]
+    with pytest.raises(train.ConfigError, match="--family-kinds: unknown kind 'cnn'"):
+        train.resolve({"opt": "celo", "family_kinds": "cnn"})
