@@ -19,6 +19,9 @@ the median of each; the README's numbers are the ratios. Measured here:
     --xla_cpu_multi_thread_eigen=false, so 1 → 2 devices means 1 → 2 cores;
     with --device, PES on the default backend's devices instead (a GPU run is one command:
     `python bench.py --device --json PATH`): on one of them, and on all if there are several;
+  * the update alone against its roofline at width 1024 (or the largest width asked for):
+    measured time / max(bytes it must move / bandwidth, XLA's FLOP count / matmul peak), both
+    peaks measured here ("roofline");
   * VeLO's cost model (VeLO App. B.7): the update alone (tx.update on fixed gradients) of the
     paper-size and small VeLO and of optax.adam on MLPs of 10^4 … 10^7 parameters at two depths,
     fitted by least squares to  t = a + b·(tensors) + c·(parameters)  and plotted.
@@ -79,8 +82,9 @@ def train_step_fn(tx, loss):
     return step
 
 
-def interleaved(fns, repeats=REPEATS, inner=3):
-    """Median seconds per call of each fn(), timing them in turns so drifts hit all alike."""
+def interleaved(fns, repeats=REPEATS, inner=3, reduce=np.median):
+    """Median (or `reduce`) seconds per call of each fn(), timing them in turns so drifts hit
+    all alike."""
     times = [[] for _ in fns]
     for f in fns:
         jax.block_until_ready(f())  # compile and warm up
@@ -91,7 +95,7 @@ def interleaved(fns, repeats=REPEATS, inner=3):
                 out = f()
             jax.block_until_ready(out)
             times[i].append((time.perf_counter() - t) / inner)
-    return [float(np.median(t)) for t in times]
+    return [float(reduce(t)) for t in times]
 
 
 def learned_optimizers():
@@ -331,6 +335,73 @@ def velo_cost_model(plot_path=""):
     return {"points": rows, "fits": fits}
 
 
+def looped(fn, carry, *fixed):
+    """A call that runs carry = fn(carry, *fixed) with carry's buffers donated, as a training
+    loop does: the output reuses the input's memory (a fresh allocation each call would time
+    the page faults of first touch, not the step)."""
+    state = {"carry": carry}
+
+    def call():
+        state["carry"] = fn(state["carry"], *fixed)
+        return state["carry"]
+    return call
+
+
+def machine_peaks(mb=64):
+    """This machine's peaks, the best of 9 timed rounds: streaming bandwidth (bytes/s of
+    y ← a·x + y on two `mb`-MB float32 arrays, y donated: 2 reads + 1 write per element) and
+    matmul throughput (FLOP/s of a 2048² matmul)."""
+    n = mb * 2 ** 20 // 4
+    axpy = jax.jit(lambda y, x: 1.0001 * x + y, donate_argnums=0)
+    a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048))
+    mm = jax.jit(lambda a: a @ a)
+    t_axpy, t_mm = interleaved([looped(axpy, jnp.ones(n), jnp.ones(n)), partial(mm, a)],
+                               repeats=9, reduce=np.min)
+    return {"bandwidth_gb_s": 3 * 4 * n / t_axpy / 1e9, "matmul_gflop_s": 2 * 2048 ** 3 / t_mm / 1e9}
+
+
+def update_roofline(width, names=None):
+    """The update alone (tx.update + apply_updates on fixed gradients, params and state donated
+    as in a training loop, MLP 784 → W → W → 10) of
+    Adam and each learned optimizer against its roofline: the larger of bytes / bandwidth and
+    FLOPs / matmul peak. Bytes: the least a step must move, read params, grads and optimizer
+    state and write params and state, (12 + 2·S) bytes per parameter with S the state's bytes
+    per parameter. FLOPs: XLA's own count of the compiled update (cost_analysis)."""
+    peaks = machine_peaks()
+    params, _ = mlp_problem(width, jax.random.PRNGKey(width))
+    grads = jax.tree.map(lambda p: 1e-2 * jnp.ones_like(p), params)
+    opts = {"adam": lambda n: optax.with_extra_args_support(optax.adam(1e-3)),
+            **learned_optimizers()}
+    if names:
+        opts = {k: v for k, v in opts.items() if k == "adam" or k in names}
+    n = sum(x.size for x in jax.tree.leaves(params))
+    calls, rows = [], {}
+    for name, make in opts.items():
+        tx = make(1000)
+        state = tx.init(params)
+
+        def update(carry, grads, tx=tx):     # (params, state) donated: the loop's steady state
+            p, st = carry
+            u, st = tx.update(grads, st, p, value=jnp.float32(1.0))
+            return optax.apply_updates(p, u), st
+        fn = jax.jit(update, donate_argnums=0)
+        cost = fn.lower((params, state), grads).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        s = state_bytes_per_param(state, params)
+        rows[name] = {"bytes_per_param": 12 + 2 * s, "flops_per_param": float(cost["flops"]) / n}
+        calls.append(looped(fn, jax.tree.map(jnp.copy, (params, state)), grads))
+    for (name, row), t in zip(rows.items(), interleaved(calls, repeats=5)):
+        t_bytes = row["bytes_per_param"] * n / (peaks["bandwidth_gb_s"] * 1e9)
+        t_flops = row["flops_per_param"] * n / (peaks["matmul_gflop_s"] * 1e9)
+        row.update(ms=1e3 * t, roofline_ms=1e3 * max(t_bytes, t_flops),
+                   bound="bytes" if t_bytes >= t_flops else "flops",
+                   vs_roofline=t / max(t_bytes, t_flops))
+        print(f"roofline W={width}: {name:>16} {row['ms']:.2f} ms = {row['vs_roofline']:.1f}× its "
+              f"roofline ({row['bytes_per_param']:.0f} B, {row['flops_per_param']:.0f} FLOP per "
+              f"param; {row['bound']}-bound)", flush=True)
+    return {"width": width, "params": int(n), **peaks, "optimizers": rows}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default="", metavar="PATH",
@@ -338,7 +409,7 @@ def main(argv=None):
     parser.add_argument("--widths", default="256,1024,4096")
     parser.add_argument("--opts", default="", help="comma-separated learned optimizers (default all)")
     parser.add_argument("--pes-opt", default="celo", help="optimizer for the PES throughput")
-    parser.add_argument("--skip", default="", help="comma-separated: steps, pes (all PES figures), "
+    parser.add_argument("--skip", default="", help="comma-separated: steps, roofline, pes (all PES figures), "
                         "pes_shared (1 → 2 devices sharing the cores), pes_1thread (one thread "
                         "and core per device), cost")
     parser.add_argument("--device", action="store_true",
@@ -375,6 +446,10 @@ def main(argv=None):
             result["step_ratio_vs_adamw"] = {k: row[f"{k}_ms"] / row["adamw_ms"]
                                              for k in ("celo2", "celo2_base") if f"{k}_ms" in row}
         result["step_ratio_width"] = int(at)
+    if "roofline" not in skip:
+        widths = [int(w) for w in args.widths.split(",")]
+        result["roofline"] = update_roofline(1024 if 1024 in widths else widths[-1],
+                                             set(filter(None, args.opts.split(","))))
     name = args.pes_opt if args.pes_opt in registry.OPTIMIZERS else "small_fc_lopt"
     if "pes" not in skip and args.device:
         result.update(pes_scaling_device(name, size))

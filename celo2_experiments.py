@@ -171,9 +171,9 @@ def to_json(res, cfg, seconds):
             "lr": res["lrs"], "lr_at_grid_edge": res["lr_at_grid_edge"], "seconds": round(seconds),
             "sizes": [{"embed": s["embed"], "layers": s["layers"], "params": s["params"],
                        "task": s["task"].name, "seconds": round(s["seconds"], 1),
-                       "final_loss": {n: evaluate._num(c["finals"].mean())
+                       "final_loss": {n: evaluate.finite_or_none(c["finals"].mean())
                                       for n, c in s["contenders"].items()},
-                       "final_loss_seeds": {n: [evaluate._num(x) for x in c["finals"]]
+                       "final_loss_seeds": {n: [evaluate.finite_or_none(x) for x in c["finals"]]
                                             for n, c in s["contenders"].items()},
                        "advantage_over_adamw": {n: advantage(s, n) for n in s["contenders"]
                                                 if n != "adamw"}}

@@ -42,3 +42,21 @@ def test_device_mode_measures_the_default_backend():
     result = bench.pes_scaling_device("small_fc_lopt", (4, 5, "quadratic"))
     assert result["pes_backend"] == "cpu"                # the tests run on the CPU
     assert positive(result["pes_inner_steps_per_s_1dev"])
+
+
+def test_roofline_counts_bytes_and_flops_and_compares_the_update_to_them():
+    """Adam must move (12 + 2·8) = 28 bytes per parameter; every figure is positive and finite,
+    and the measured time is compared with max(bytes / bandwidth, FLOPs / peak)."""
+    r = bench.update_roofline(16, names={"celo"})
+    assert positive(r["bandwidth_gb_s"]) and positive(r["matmul_gflop_s"])
+    assert set(r["optimizers"]) == {"adam", "celo"}
+    adam, celo = r["optimizers"]["adam"], r["optimizers"]["celo"]
+    assert adam["bytes_per_param"] == pytest.approx(28.0, rel=1e-3)   # + the step count
+    assert celo["bytes_per_param"] > adam["bytes_per_param"]          # more state per parameter
+    assert celo["flops_per_param"] > 10 * adam["flops_per_param"]     # a per-parameter MLP
+    for row in (adam, celo):
+        n = r["params"]
+        roof = max(row["bytes_per_param"] * n / (r["bandwidth_gb_s"] * 1e9),
+                   row["flops_per_param"] * n / (r["matmul_gflop_s"] * 1e9))
+        assert row["roofline_ms"] == pytest.approx(1e3 * roof)
+        assert row["vs_roofline"] == pytest.approx(row["ms"] / row["roofline_ms"])
