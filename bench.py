@@ -73,6 +73,12 @@ def mlp_problem(width, key):
     return params, loss
 
 
+def adam():
+    """The baseline every figure divides by: optax.adam(1e-3), accepting the loss as learned
+    optimizers do."""
+    return optax.with_extra_args_support(optax.adam(1e-3))
+
+
 def train_step_fn(tx, loss):
     @jax.jit
     def step(params, state):
@@ -126,7 +132,7 @@ def bench_steps(widths, names=None):
     results = {}
     for width in widths:
         params, loss = mlp_problem(width, jax.random.PRNGKey(width))
-        contenders = {"adam": optax.with_extra_args_support(optax.adam(1e-3)),
+        contenders = {"adam": adam(),
                       # the hand-designed counterparts of celo2_base and celo2 (Celo2's harness)
                       "adamw": optax.with_extra_args_support(optax.adamw(1e-3)),
                       "muon": optax.with_extra_args_support(optax.contrib.muon(2e-2))}
@@ -269,19 +275,20 @@ def square_mlp(depth, num_params, key):
                       "b": jnp.zeros(width)} for i, k in enumerate(keys)}
 
 
-def update_fn(tx):
-    @jax.jit
+def update_fn(tx, donate=False):
+    """The update alone, jitted: (params, grads, state) -> (params, state); donate=True hands
+    params' and state's buffers to the outputs, as a training loop does."""
     def update(params, grads, state):
         updates, state = tx.update(grads, state, params, value=jnp.float32(1.0))
         return optax.apply_updates(params, updates), state
-    return update
+    return jax.jit(update, donate_argnums=(0, 2) if donate else ())
 
 
 def velo_cost_model(plot_path=""):
     """Seconds per update of VeLO (paper, small) and Adam over models of 10^4–10^7 parameters;
     fit t = a + b·tensors + c·params per optimizer (VeLO App. B.7's three terms)."""
     paper, small = velo.learned_optimizer("paper"), velo.learned_optimizer("small")
-    makers = {"adam": lambda: optax.with_extra_args_support(optax.adam(1e-3)),
+    makers = {"adam": adam,
               "velo_paper": lambda: paper.optimizer(paper.init_meta_params(jax.random.PRNGKey(0)), 1000),
               "velo_small": lambda: small.optimizer(small.init_meta_params(jax.random.PRNGKey(0)), 1000)}
     rows = []
@@ -370,8 +377,7 @@ def update_roofline(width, names=None):
     peaks = machine_peaks()
     params, _ = mlp_problem(width, jax.random.PRNGKey(width))
     grads = jax.tree.map(lambda p: 1e-2 * jnp.ones_like(p), params)
-    opts = {"adam": lambda n: optax.with_extra_args_support(optax.adam(1e-3)),
-            **learned_optimizers()}
+    opts = {"adam": lambda num_steps: adam(), **learned_optimizers()}
     if names:
         opts = {k: v for k, v in opts.items() if k == "adam" or k in names}
     n = sum(x.size for x in jax.tree.leaves(params))
@@ -379,17 +385,13 @@ def update_roofline(width, names=None):
     for name, make in opts.items():
         tx = make(1000)
         state = tx.init(params)
-
-        def update(carry, grads, tx=tx):     # (params, state) donated: the loop's steady state
-            p, st = carry
-            u, st = tx.update(grads, st, p, value=jnp.float32(1.0))
-            return optax.apply_updates(p, u), st
-        fn = jax.jit(update, donate_argnums=0)
-        cost = fn.lower((params, state), grads).compile().cost_analysis()
+        fn = update_fn(tx, donate=True)
+        cost = fn.lower(params, grads, state).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         s = state_bytes_per_param(state, params)
         rows[name] = {"bytes_per_param": 12 + 2 * s, "flops_per_param": float(cost["flops"]) / n}
-        calls.append(looped(fn, jax.tree.map(jnp.copy, (params, state)), grads))
+        calls.append(looped(lambda carry, g, fn=fn: fn(carry[0], g, carry[1]),
+                            jax.tree.map(jnp.copy, (params, state)), grads))
     for (name, row), t in zip(rows.items(), interleaved(calls, repeats=5)):
         t_bytes = row["bytes_per_param"] * n / (peaks["bandwidth_gb_s"] * 1e9)
         t_flops = row["flops_per_param"] * n / (peaks["matmul_gflop_s"] * 1e9)
@@ -429,27 +431,26 @@ def main(argv=None):
         return 0
     skip = set(filter(None, args.skip.split(",")))
     result = {"devices": str(jax.devices()), "cpu_count": os.cpu_count()}
+    widths = [int(w) for w in args.widths.split(",")]
+    at = 1024 if 1024 in widths else widths[-1]     # the width of the headline ratios
+    names = set(filter(None, args.opts.split(",")))
     if "steps" not in skip:
-        widths = [int(w) for w in args.widths.split(",")]
-        steps = bench_steps(widths, set(filter(None, args.opts.split(","))))
+        steps = bench_steps(widths, names)
         result["steps"] = {str(k): v for k, v in steps.items()}
-        at = str(1024 if 1024 in widths else widths[-1])
-        ratios = {k[:-6]: v for k, v in steps[int(at)].items()
+        ratios = {k[:-6]: v for k, v in steps[at].items()
                   if k.endswith("_ratio") and k[:-6] not in ("adam", "adamw", "muon")}
         if "velo_paper" in ratios:   # issue targets: "velo" is the paper size, the registry's
             ratios["velo_small"] = ratios.pop("velo", None)   # CPU-trained one is velo_small
             ratios["velo"] = ratios.pop("velo_paper")
         result["step_ratio_vs_adam"] = {k: v for k, v in ratios.items() if v is not None}
-        row = steps[int(at)]
+        row = steps[at]
         if "celo2_ms" in row:     # Celo2's harness against Muon's, its learned part against AdamW's
             result["step_ratio_vs_muon"] = {"celo2": row["celo2_ms"] / row["muon_ms"]}
             result["step_ratio_vs_adamw"] = {k: row[f"{k}_ms"] / row["adamw_ms"]
                                              for k in ("celo2", "celo2_base") if f"{k}_ms" in row}
-        result["step_ratio_width"] = int(at)
+        result["step_ratio_width"] = at
     if "roofline" not in skip:
-        widths = [int(w) for w in args.widths.split(",")]
-        result["roofline"] = update_roofline(1024 if 1024 in widths else widths[-1],
-                                             set(filter(None, args.opts.split(","))))
+        result["roofline"] = update_roofline(at, names)
     name = args.pes_opt if args.pes_opt in registry.OPTIMIZERS else "small_fc_lopt"
     if "pes" not in skip and args.device:
         result.update(pes_scaling_device(name, size))
