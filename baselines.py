@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import celo2
 import metrics
 import tasks as tasks_lib
 from checkpoint import atomic_write
@@ -50,7 +51,20 @@ def baseline_tx(name: str, lr) -> optax.GradientTransformationExtraArgs:
     return optax.with_extra_args_support(tx)
 
 
-BASELINE_LRS = {"adam": ADAM_LRS, "adamw": ADAM_LRS, "sgdm": SGDM_LRS, "muon": ADAM_LRS}
+COSINE = "_cosine"         # "adamw_cosine", "muon_cosine": the lr decays to 0 over the run by
+                           # celo2.cosine_schedule, Celo2's default schedule, so a comparison with
+                           # Celo2 differs only in the update rule (Celo's protocol tunes Adam at a
+                           # constant lr)
+BASELINE_LRS = {"adam": ADAM_LRS, "adamw": ADAM_LRS, "sgdm": SGDM_LRS, "muon": ADAM_LRS,
+                "adamw" + COSINE: ADAM_LRS, "muon" + COSINE: ADAM_LRS}
+
+
+def scheduled_tx(name: str, lr, steps: int) -> optax.GradientTransformationExtraArgs:
+    """baseline_tx(name, lr); a name ending in COSINE runs its base at lr decayed to 0 over
+    `steps` by celo2.cosine_schedule."""
+    if name.endswith(COSINE):
+        return baseline_tx(name[:-len(COSINE)], celo2.cosine_schedule(lr, steps))
+    return baseline_tx(name, lr)
 
 
 class Tuned(NamedTuple):
@@ -71,7 +85,8 @@ class Tuned(NamedTuple):
 
 def code_version() -> str:
     """Hash of what produces a baseline curve here: the unroll, the baselines, jax and optax."""
-    text = "".join(inspect.getsource(f) for f in (_unroll, baseline_tx)) + repr(
+    text = "".join(inspect.getsource(f) for f in (_unroll, baseline_tx, scheduled_tx,
+                                                   celo2.cosine_schedule)) + repr(
         (SGD_MOMENTUM, ADAMW_WEIGHT_DECAY, jax.__version__, optax.__version__))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -136,8 +151,8 @@ def tune_baseline(task: tasks_lib.Task, name: str, steps: int, seeds: Sequence[i
     runs = _read_cache(path) if path else {}
     missing = [s for s in seeds if s not in runs]
     if missing:
-        losses, _ = run_curves(task, lambda lr: baseline_tx(name, lr), jnp.asarray(lrs), steps,
-                               missing, grid=True,
+        losses, _ = run_curves(task, lambda lr: scheduled_tx(name, lr, steps), jnp.asarray(lrs),
+                               steps, missing, grid=True,
                                cache_key=("baseline", name, task.init, task.loss,
                                           task.sample_batch, int(steps)))
         runs.update({s: losses[:, i] for i, s in enumerate(missing)})

@@ -78,17 +78,12 @@ def num_params(task):
     return int(sum(x.size for x in jax.tree.leaves(jax.eval_shape(task.init, jax.random.key(0)))))
 
 
-def baseline(name, lr, steps, cosine):
-    """baselines.baseline_tx(name) with its lr decayed by celo2.cosine_schedule (cosine=True)."""
-    return baselines.baseline_tx(name, celo2.cosine_schedule(lr, steps) if cosine else lr)
-
-
 def curves(name, task, lrs, cfg, thetas):
     """Training losses [K, N, T] of contender `name` at each lr of `lrs`: one compiled call."""
     seeds, steps = range(cfg["seeds"]), cfg["steps"]
     if name in LEARNED:
         return evaluate.learned_lr_curves(name, task, steps, seeds, thetas[name], lrs)
-    make = lambda lr: baseline(name, lr, steps, cfg["cosine"])
+    make = lambda lr: baselines.scheduled_tx(name + baselines.COSINE * cfg["cosine"], lr, steps)
     return engine.run_curves(task, make, jnp.asarray(lrs, jnp.float32), steps, seeds,
                              grid=True, cache_key=("celo2_experiments", name, cfg["cosine"],
                                                    task.init, task.loss, steps))[0]

@@ -93,7 +93,8 @@ grad_clip = 1.0            # global-norm clip of the PES gradient before AdamW. 
                            # clip binds on nearly every step (12,905 of our earlier Celo
                            # run's 13,000) and AdamW sees ĝ/‖ĝ‖: each estimate weighs the same, and
                            # one noise spike cannot inflate Adam's second moment for the next
-                           # ~1/(1−β₂) steps. Not ablated (docs/celo.md); 0 or inf: no clip
+                           # ~1/(1−β₂) steps. Ablated for Celo: same meta-loss and held-out
+                           # score without it (docs/celo.md), kept as a guard; 0 or inf: no clip
 save_every_s = 120.0       # checkpoint every so many seconds, and on Ctrl-C / SIGTERM
 eval_tasks = "quick"       # held-out comparison printed at the end (evaluate.py task names)
 eval_steps = 500           # inner steps per held-out task in that comparison (0: skip it)

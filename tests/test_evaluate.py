@@ -134,6 +134,23 @@ def test_muon_baseline_tuned_cached_and_matches_optax_loop(tmp_path):
     assert set(both["baselines"]) == {"muon"}
 
 
+def test_cosine_baselines_decay_the_tuned_lr_to_zero_over_the_run():
+    """adamw_cosine / muon_cosine: the base optimizer at lr·½(1 + cos(πt/T)), Celo2's default
+    schedule: the best curve is a hand-run optax loop with optax's own cosine decay to 0 over T
+    steps, and differs from the constant-lr baseline at the same lr."""
+    for base, make in (("adamw", lambda s: optax.adamw(s, weight_decay=baselines.ADAMW_WEIGHT_DECAY)),
+                       ("muon", optax.contrib.muon)):
+        tuned = baselines.tune_baseline(SMALL_MLP, base + "_cosine", T, [0], cache_dir=None)
+        lr = float(tuned.lrs[tuned.best])
+        cos = lambda lr: make(optax.cosine_decay_schedule(lr, T))
+        ref = python_loop_losses(SMALL_MLP, lr, T, 0, cos)
+        np.testing.assert_allclose(tuned.best_losses[0], ref, rtol=2e-5, atol=1e-7)
+        flat = python_loop_losses(SMALL_MLP, lr, T, 0, make)
+        assert np.abs(flat - ref)[T // 2:].max() > 1e-4
+    with pytest.raises(ev.EvaluateError, match="unknown baseline 'sgdm_cosine'"):
+        baselines.tune_baseline(SMALL_MLP, "sgdm_cosine", T, [0], cache_dir=None)
+
+
 @pytest.mark.skipif("celo2" not in getattr(registry, "OPTIMIZERS", {}),
                     reason="celo2 not registered")
 def test_tune_lr_picks_the_grid_lr_with_the_lowest_final_loss():
