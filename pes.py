@@ -48,6 +48,8 @@ class Config(NamedTuple):
     sigma: float = SIGMA
     min_horizon: int = 100      # run lengths ~ log-uniform[min, max] (Celo App. A.3: 100–2000)
     max_horizon: int = 2000
+    objective: str = "mean"     # per-step loss the meta-loss averages: "mean" = L/cap (Celo
+                                # Eq. (3)); "log" = log(L) rescaled to [0, 1] (ours: normalize_loss)
 
 
 class Problem(NamedTuple):
@@ -93,10 +95,24 @@ def sample_horizon(key, config, shape=()):
     return jnp.clip(jnp.floor(n), config.min_horizon, config.max_horizon).astype(jnp.int32)
 
 
-def normalize_loss(loss, cap):
-    """clip(loss, 0, cap)/cap, with NaN/inf → 1 (the cap): never a crash, never NaN in θ."""
+OBJECTIVES = ("mean", "log")
+LOG_RANGE = 1e6     # objective "log": losses below cap/LOG_RANGE count as cap/LOG_RANGE
+
+
+def normalize_loss(loss, cap, objective="mean"):
+    """Each step's loss as a number in [0, 1], NaN/inf → 1 (the cap): never a crash, never NaN in
+    θ. "mean": clip(L, 0, cap)/cap, the paper's mean-loss objective (Celo Eq. (3)). "log" (ours):
+    log(L / (cap/LOG_RANGE)) / log(LOG_RANGE), L clipped to [cap/LOG_RANGE, cap]: a loss halved
+    counts the same at 1.0 as at 0.001, so a regression that must converge precisely, and the late
+    steps of every run, weigh as much in ĝ as a classifier's early fall."""
     finite = jnp.isfinite(loss)
-    return jnp.where(finite, jnp.clip(loss, 0.0, cap), cap) / cap, ~finite
+    if objective == "mean":
+        return jnp.where(finite, jnp.clip(loss, 0.0, cap), cap) / cap, ~finite
+    if objective != "log":
+        raise ValueError(f"unknown meta-objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    lo = cap / LOG_RANGE
+    logged = jnp.log(jnp.clip(loss, lo, cap) / lo) / jnp.log(LOG_RANGE)
+    return jnp.where(finite, logged, 1.0), ~finite
 
 
 def _tree_where(cond, a, b):
@@ -233,7 +249,7 @@ def gradient(problem, config, theta, shared, groups, state, key, mesh=None):
         problem, config, theta_pm, shared, groups, state, fresh, fresh_horizon,
         step_keys[:, 0], jnp.full((config.num_pairs,), config.truncation))
 
-    norm, nonfinite = normalize_loss(losses, problem.loss_cap)          # (T, P, 2)
+    norm, nonfinite = normalize_loss(losses, problem.loss_cap, config.objective)  # (T, P, 2)
     diff = norm[:, :, 0] - norm[:, :, 1]                                 # L(θ+ε) − L(θ−ε) per step
     before_reset = jnp.cumsum(resets, axis=0) == 0                       # steps of the old run
     s_all = jnp.mean(diff, axis=0)                                       # (P,)
@@ -281,7 +297,7 @@ def es_gradient(problem, config, theta, shared, groups, key, num_steps, mesh=Non
     run = config._replace(truncation=num_steps)
     _, _, _, losses, _ = _unroll(problem, run, theta_pm, shared, groups, state, inner, n,
                                  state.key, n)
-    norm, nonfinite = normalize_loss(losses, problem.loss_cap)
+    norm, nonfinite = normalize_loss(losses, problem.loss_cap, config.objective)
     diff = jnp.mean(norm[:, :, 0] - norm[:, :, 1], axis=0)
     scale = 1.0 / (2.0 * config.sigma ** 2)
     grad = jax.tree.map(lambda e: scale * jnp.mean(diff.reshape((-1,) + (1,) * (e.ndim - 1)) * e, 0),

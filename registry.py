@@ -87,8 +87,9 @@ OPTIMIZERS = {
     "celo_joint": Recipe(lambda task, **kw: celo.learned_optimizer(**kw), settings=CELO_SETTINGS),
     "celo_no_scheduler": Recipe(lambda task, **kw: celo.learned_optimizer(use_scheduler=False),
                                 settings=CELO_SETTINGS),
-    # VeLO (arXiv 2211.09760) at the small size (LSTM 64, bank 32: Celo's VeLO-S); the paper
-    # meta-trained with full-run ES: `--estimator es`. Same outer recipe as Celo (App. A.3).
+    # VeLO (arXiv 2211.09760) at the small size (LSTM 64, bank 32: the widths of Celo's VeLO-S, not
+    # its mixing; velo.py); the paper meta-trained with full-run ES: `--estimator es`. Same outer
+    # recipe as Celo (App. A.3).
     "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small", **kw),
                    settings=CELO_OUTER + (("meta_steps", 1500),), stages=VELO_STAGES,
                    shipped="velo_small.npz"),

@@ -79,6 +79,9 @@ sigma = 0.01               # PES perturbation std (Celo App. A.3)
 min_horizon = 100          # shortest inner run: runs last log-uniform[min, max] steps
 max_horizon = 500          # longest inner run (the paper: 2000; scaled down here for a CPU)
 es_horizon = 200           # run length of estimator="es"
+meta_objective = "mean"    # each inner step's loss as the meta-loss averages it: "mean" = L/cap
+                           # (Celo Eq. (3)); "log" = log L (ours: every task and every stage of a
+                           # run weighs alike; pes.normalize_loss)
 augment = "global"         # task augmentation (Celo §3): none | global | tensor | parameter
 tau_range = 1000.0         # augmentation τ ~ log-uniform[1/tau_range, tau_range] (Celo §5.2: 1e3)
 meta_lr = 3e-3             # AdamW peak learning rate (μLO recipe)
@@ -132,7 +135,8 @@ def resolve(overrides=None):
 
 def check(cfg):
     """Reject settings that cannot work, with a line that says what to do."""
-    choices = {"estimator": ("pes", "es"), "augment": ("none",) + tasks.AUGMENT_MODES}
+    choices = {"estimator": ("pes", "es"), "augment": ("none",) + tasks.AUGMENT_MODES,
+               "meta_objective": pes.OBJECTIVES}
     for k, valid in choices.items():
         if cfg[k] not in valid:
             raise ConfigError(f"--{k.replace('_', '-')} {cfg[k]!r} is not one of {', '.join(valid)}")
@@ -229,7 +233,8 @@ class Trainer:
             self.problems.append(make_problem(group[0], lopt, cfg["augment"], cfg["tau_range"]) if r.problem is None
                                  else r.problem(group[0], lopt, cfg))
             self.pes_cfgs.append(pes.Config(cfg["pairs_per_task"] * len(group), cfg["truncation"],
-                                            cfg["sigma"], cfg["min_horizon"], cfg["max_horizon"]))
+                                            cfg["sigma"], cfg["min_horizon"], cfg["max_horizon"],
+                                            cfg["meta_objective"]))
             self.datas.append(tasks.stack_data([t.data for t in group]))
         self.optimizer = meta_optimizer(cfg)
         self.inner_steps = sum(c.num_pairs * 2 * (c.truncation if cfg["estimator"] == "pes"

@@ -5,6 +5,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import run_on_two_devices
 
 import pes
@@ -30,25 +31,30 @@ def quadratic_problem(nan_above=None):
     return pes.Problem(init_inner, step_inner, loss_cap=10.0)
 
 
-def full_unroll_loss(theta, steps):
+def full_unroll_loss(theta, steps, objective="mean"):
+    """The meta-loss by hand: mean over steps of L/cap, or of log(L/(cap/1e6))/log(1e6)."""
     w, total = W0, 0.0
     for _ in range(steps):
-        total += 0.5 * jnp.sum(A * w * w) / 10.0
+        loss = 0.5 * jnp.sum(A * w * w)
+        total += loss / 10.0 if objective == "mean" else jnp.log(loss / 1e-5) / jnp.log(1e6)
         w = w - jnp.exp(theta["log_lr"]) * A * w
     return total / steps
 
 
-def test_pes_matches_autodiff_through_the_full_unroll():
+@pytest.mark.parametrize("objective", ["mean", "log"])
+def test_pes_matches_autodiff_through_the_full_unroll(objective):
     """Two truncations of T = 4 tile one run of 8 steps; ĝ1 + ĝ2 estimates ∇ of
-    mean(trunc 1) + mean(trunc 2) = 2·∇ mean(run), the long-horizon gradient PES is unbiased for."""
+    mean(trunc 1) + mean(trunc 2) = 2·∇ mean(run), the long-horizon gradient PES is unbiased for,
+    for either meta-objective."""
     theta = {"log_lr": jnp.float32(np.log(0.3))}
-    cfg = pes.Config(num_pairs=4096, truncation=4, sigma=0.01, min_horizon=8, max_horizon=8)
+    cfg = pes.Config(num_pairs=4096, truncation=4, sigma=0.01, min_horizon=8, max_horizon=8,
+                     objective=objective)
     prob = quadratic_problem()
     state = pes.init(prob, cfg, theta, None, {}, jax.random.PRNGKey(0), random_offsets=False)
     grad_fn = jax.jit(partial(pes.gradient, prob, cfg))
     g1, state, _ = grad_fn(theta, None, {}, state, jax.random.PRNGKey(1))
     g2, state, stats = grad_fn(theta, None, {}, state, jax.random.PRNGKey(2))
-    true = 2 * jax.grad(full_unroll_loss)(theta, 8)["log_lr"]
+    true = 2 * jax.grad(full_unroll_loss)(theta, 8, objective)["log_lr"]
     est = g1["log_lr"] + g2["log_lr"]
     # the estimate's std is about |true|·sqrt(5/4096) ≈ 3.5% (products of Gaussians); allow 4σ
     assert abs(float(est) - float(true)) < 0.15 * abs(float(true)), (est, true)
@@ -157,6 +163,14 @@ def test_loss_normalization():
     norm, bad = pes.normalize_loss(jnp.array([-1.0, 0.5, 7.0, jnp.nan, jnp.inf]), 2.0)
     np.testing.assert_allclose(norm, [0.0, 0.25, 1.0, 1.0, 1.0])
     assert list(np.asarray(bad)) == [False, False, False, True, True]
+    # log: log(L/(cap/1e6))/log(1e6), L clipped to [cap/1e6, cap]; a halving weighs alike anywhere
+    norm, bad = pes.normalize_loss(jnp.array([1e-9, 2e-6, 2e-3, 1e-3, 2.0, 7.0, jnp.nan]), 2.0,
+                                   "log")
+    np.testing.assert_allclose(norm, [0.0, 0.0, 0.5, 0.5 - np.log(2) / np.log(1e6), 1.0, 1.0, 1.0],
+                               atol=1e-6)
+    assert list(np.asarray(bad)) == [False] * 6 + [True]
+    with pytest.raises(ValueError, match="unknown meta-objective 'final'; valid: mean, log"):
+        pes.normalize_loss(jnp.ones(2), 2.0, "final")
 
 
 def test_horizons_log_uniform():

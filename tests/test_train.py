@@ -14,6 +14,7 @@ import pytest
 
 import celo
 import checkpoint
+import pes
 import registry
 import run_log
 import small_fc_lopt
@@ -115,12 +116,28 @@ def test_cli_errors_are_one_line(tmp_path):
     for args, needle in ((["--opt", "nope"], "unknown optimizer"),
                          (["--task-set", "nope"], "unknown task"),
                          (["--augment", "sideways"], "is not one of"),
+                         (["--meta-objective", "final"], "--meta-objective 'final' is not one of"),
                          (["--resume", "--out", str(tmp_path / "none.npz")], "does not exist")):
         r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args],
                            capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+
+
+def test_meta_objective_reaches_pes_and_changes_the_meta_loss(tmp_path, monkeypatch):
+    """--meta-objective log: every PES estimate uses it (pes.Config.objective), and the logged
+    meta-loss is the log-scaled one: 1 + log(L/cap)/log(1e6) > L/cap for L/cap in (1e-5, 1)."""
+    seen, real = [], pes.gradient
+    monkeypatch.setattr(pes, "gradient", lambda p, c, *a: (seen.append(c.objective), real(p, c, *a))[1])
+    means = {}
+    for objective in ("mean", "log"):
+        cfg = tiny_cfg(tmp_path / objective, meta_steps=2, meta_objective=objective)
+        train.meta_train(cfg, log=quiet)
+        rows = run_log.read_csv(run_log.csv_path(cfg["out"]), upto=2)
+        means[objective] = float(np.mean([float(r[2]) for r in rows]))   # step,stage,meta_loss
+    assert seen == ["mean", "log"]                      # traced once per run
+    assert 0 < means["mean"] < means["log"] < 1, means
 
 
 def test_settings_block_is_overridable():
