@@ -1,8 +1,9 @@
 """celo2_experiments.py: Celo2's "meta-train small, run big" test, scaled to a CPU.
 
 Celo2 (Moudgil, Knyazev, Belilovsky, ICLR 2026, arXiv 2602.19142): a learned optimizer
-meta-trained on tiny tasks is claimed to train far larger ones. Here celo2 and celo2_base, with θ
-meta-trained on Celo's 64 → 32 → 10 MLPs (checkpoints/celo2.npz, celo2_base.npz), train byte-level
+meta-trained on tiny tasks is claimed to train far larger ones. Here celo2 and celo2_base, with the
+shipped θ (checkpoints/celo2.npz: the meta-initialization, which beat every meta-trained θ on the
+VALIDATION family; celo2_base.npz: meta-trained on Celo's 64 → 32 → 10 MLPs), train byte-level
 transformer LMs (tasks.byte_lm on The Devil's Dictionary) of growing size, each at ONE learning
 rate chosen on the smallest LM, against AdamW and Muon tuned the same way (the same "tune small,
 run big" protocol for every contender):
