@@ -84,7 +84,8 @@ def curves(name, task, lrs, cfg, thetas):
     seeds, steps = range(cfg["seeds"]), cfg["steps"]
     if name in LEARNED:
         return evaluate.learned_lr_curves(name, task, steps, seeds, thetas[name], lrs)
-    make = lambda lr: baselines.scheduled_tx(name + baselines.COSINE * cfg["cosine"], lr, steps)
+    scheduled = name + baselines.COSINE if cfg["cosine"] else name
+    make = lambda lr: baselines.scheduled_tx(scheduled, lr, steps)
     return engine.run_curves(task, make, jnp.asarray(lrs, jnp.float32), steps, seeds,
                              grid=True, cache_key=("celo2_experiments", name, cfg["cosine"],
                                                    task.init, task.loss, steps))[0]
