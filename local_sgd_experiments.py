@@ -13,7 +13,8 @@ K = 8 workers, H ∈ {4, 8, 16} local steps, R rounds for every method. For each
   SlowMo-cos  the same grid with α annealed by a cosine over the R rounds (local_sgd.slowmo_cosine)
               (neither grid is built around the learned updates' nominal SlowMo(1, 0.8));
   LOpt, LAgg  at that local lr, θ from checkpoints/ (meta-trained at H = 16), nothing tuned
-              (their nominal step, which the MLP corrects, is SlowMo(1, 0.8) on every task).
+              (their nominal step, which the MLP corrects, is SlowMo(1, 0.8) on every task);
+  LOpt-paper  the paper's form (the MLP's output is the whole server update), the same way.
 Tuning picks the lowest mean final loss over the seeds (the seeds reported: as evaluate.py does
 for Adam). Final loss = mean of the last 10 rounds of the EMA(0.9)-smoothed training loss (Celo
 App. A.3, in rounds). Score = L_ref / L_method per seed (Celo Eq. (11)), ref = tuned local SGD or
@@ -73,11 +74,15 @@ QUICK = dict(rounds=12, seeds=2, local_steps=(2, 4), local_lrs=(0.25, 0.5), lr_e
                                                                 out_dim=2, batch_size=16),
                                         "tiny regression (smoke test)")})
 BASELINES = ("local_sgd", "slowmo", "slowmo_cosine")
-LEARNED = ("local_sgd_lopt", "local_sgd_lagg")
+UPDATES = {"local_sgd_lopt": local_sgd.lopt,            # name → the learned update's constructor
+           "local_sgd_lagg": lambda: local_sgd.lagg(NUM_WORKERS),
+           "local_sgd_lopt_paper": local_sgd.lopt_paper}
+LEARNED = tuple(UPDATES)
 METHODS = BASELINES + LEARNED
 LABELS = {"local_sgd": "local SGD (tuned)", "slowmo": "SlowMo (tuned)",
           "slowmo_cosine": "SlowMo, cosine α (tuned)",
-          "local_sgd_lopt": "LOpt (learned)", "local_sgd_lagg": "LAgg (learned)"}
+          "local_sgd_lopt": "LOpt (learned)", "local_sgd_lagg": "LAgg (learned)",
+          "local_sgd_lopt_paper": "LOpt, paper's form (learned)"}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -115,9 +120,8 @@ def run_task(task, thetas, cfg, log):
     rounds = cfg["rounds"]
     momentum = local_sgd.make_curves(task, local_sgd.slowmo(), rounds, NUM_WORKERS, mesh)
     cosine = local_sgd.make_curves(task, local_sgd.slowmo_cosine(), rounds, NUM_WORKERS, mesh)
-    learned = {n: local_sgd.make_curves(task, u, rounds, NUM_WORKERS, mesh)
-               for n, u in (("local_sgd_lopt", local_sgd.lopt()),
-                            ("local_sgd_lagg", local_sgd.lagg(NUM_WORKERS)))}
+    learned = {n: local_sgd.make_curves(task, UPDATES[n](), rounds, NUM_WORKERS, mesh)
+               for n in LEARNED}
     stack = lambda rows: {"server_lr": jnp.asarray([r[0] for r in rows], jnp.float32),
                           "momentum": jnp.asarray([r[1] for r in rows], jnp.float32)}
     grid_ab = cfg["slowmo_grid"]
@@ -273,13 +277,13 @@ def plot(results, cfg, out_dir):
 # ----------------------------------------------------------------------------- main
 
 def load_thetas(quick):
-    """θ of LOpt and LAgg from their shipped checkpoints (--quick: a fresh θ if one is missing)."""
+    """θ of every learned update from its shipped checkpoint (--quick: a fresh θ if one is
+    missing)."""
     thetas = {}
-    for name, update in (("local_sgd_lopt", local_sgd.lopt()),
-                         ("local_sgd_lagg", local_sgd.lagg(NUM_WORKERS))):
+    for name, make in UPDATES.items():
         path = ROOT / "checkpoints" / f"{name}.npz"
         if quick and not path.exists():
-            thetas[name] = update.init_meta_params(jax.random.PRNGKey(0))
+            thetas[name] = make().init_meta_params(jax.random.PRNGKey(0))
             continue
         saved, thetas[name] = load_checkpoint(str(path))
         if saved != name:

@@ -4,6 +4,7 @@
     python mulo_experiments.py depth   [--quick]   # §5.2.4, Fig. 5: MLPs up to 16 layers deep
     python mulo_experiments.py horizon [--quick]   # §5.2.4, Fig. 6: 25× the meta-training horizon
     python mulo_experiments.py coord   [--quick]   # §5.2.2, Fig. 2 / App. G: μP coordinate check
+    python mulo_experiments.py step    [--quick]   # λ1 × f at each width: does the step transfer?
     (any of them: [--widths 16,64,256,1024] [--steps N] [--seeds S] to resize a run)
 
 μLO (arXiv 2406.00153) §5. Optimizers: μLO_M (checkpoints/mu_small_fc_lopt.npz) and its SP twin LO_M
@@ -47,13 +48,16 @@ DEPTHS = (3, 4, 6, 8, 12, 16)  # hidden layers at width BASE_WIDTH (the paper: 3
 HORIZON = 25 * 1000        # 25× the longest meta-training run (the paper: 25,000 steps)
 MU_ADAM_LRS = tuple(float(10.0 ** e) for e in np.arange(-3.5, 0.01, 0.5))  # 3e-4 … 1: μAdam's
                            #   input/output lr is not divided by width, its best lr is larger
+STEP_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)   # step experiment: λ1 × f at evaluation time
+STEP_WIDTHS = (64, 256, 1024)              # ... at these widths (the step experiment's default)
 COORD_WIDTHS = (32, 64, 128, 256, 512, 1024, 2048)
 COORD_STEPS = 20           # "a few optimizer steps": Δz is measured after each of them
 COORD_SEEDS = 3
 COORD_ADAM_LR = 1e-3       # Adam / μAdam in the coordinate check (a reference, not tuned)
 COORD_TOLERANCE = 0.25     # |slope of log Δz vs log width| below this counts as flat
 QUICK = dict(widths=(16, 64, 256), steps=200, seeds=2, depths=(3, 8), horizon=2000,
-             coord_widths=(32, 128, 512), coord_steps=5, coord_seeds=2)
+             coord_widths=(32, 128, 512), coord_steps=5, coord_seeds=2,
+             step_widths=(16, 64), step_factors=(0.5, 1.0, 2.0))
 
 
 # ----------------------------------------------------------------------------- runs
@@ -282,6 +286,54 @@ def horizon_experiment(q, out_dir, log):
     return "\n".join(lines)
 
 
+def step_experiment(q, out_dir, log):
+    """Does the learned optimizer's step size transfer over width? μLO_M and its SP twin run with
+    λ1 × f (f ∈ STEP_FACTORS, set at evaluation time, θ unchanged) at each width; μP predicts
+    the same best f at every width, SP a best f that shrinks as the width grows (μLO §4: the
+    SP update of a hidden layer is fan_in times too large; cf. Yang et al. 2021, Fig. 1)."""
+    runner = Runner(q["seeds"], log)
+    out = {}
+    for name, scalings in (("mu_small_fc_lopt", mup.MU), ("sp_small_fc_lopt", mup.SP)):
+        if name not in runner.thetas:
+            continue
+        out[name] = {}
+        for w in q["step_widths"]:
+            task = registry.prepare_task(name, mup.width_task(w))
+            row = {}
+            for f in q["step_factors"]:
+                lo = mup.small_fc_lopt_m(task.multipliers,
+                                         scalings._replace(step_mult=scalings.step_mult * f))
+                tx = optax.with_extra_args_support(lo.optimizer(runner.thetas[name], q["steps"]))
+                losses = engine.run_curves(task, lambda _, tx=tx: tx, None, q["steps"],
+                                           runner.seeds)[0]
+                row[str(f)] = summarize(metrics.final_training_loss(losses), task.loss_cap)
+            finite = {f: e["iqm"] for f, e in row.items() if e["iqm"] is not None}
+            row["best_factor"] = float(min(finite, key=finite.get)) if finite else None
+            out[name][str(w)] = row
+            log(f"  {name} w {w}: best f = {row['best_factor']}")
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(out), figsize=(4.6 * len(out), 3.6), squeeze=False)
+    for ax, (name, by_w) in zip(axes[0], out.items()):
+        for i, (w, row) in enumerate(by_w.items()):
+            fs = [f for f in q["step_factors"] if row[str(f)]["iqm"] is not None]
+            ax.plot(fs, [row[str(f)]["iqm"] for f in fs], marker="o", color=f"C{i}",
+                    label=f"width {w}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("step multiplier f (λ1 × f)")
+        ax.set_title(LABELS.get(name, name), fontsize=10)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("final training loss (IQM over seeds)")
+    fig.suptitle(f"MLP 64→w³→10, {q['steps']} steps, {q['seeds']} seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_dir / "step.png", dpi=90)
+    plt.close(fig)
+    write(out_dir, "step", {"steps": q["steps"], "seeds": q["seeds"], "results": out}, log)
+    return "\n".join(f"{LABELS.get(n, n):<18}" + "".join(
+        f"   w {w}: best f {row['best_factor']}" for w, row in by_w.items())
+        for n, by_w in out.items())
+
+
 def _at(curve, step):
     i = int(np.searchsorted(curve["step"], step))
     return curve["loss"][min(i, len(curve["loss"]) - 1)]
@@ -430,12 +482,13 @@ def plot_coord(results, widths, steps, layers, path):
 # ----------------------------------------------------------------------------- command line
 
 EXPERIMENTS = {"width": width_experiment, "depth": depth_experiment,
-               "horizon": horizon_experiment, "coord": coord_experiment}
+               "horizon": horizon_experiment, "coord": coord_experiment, "step": step_experiment}
 
 
 def settings(quick):
     full = dict(widths=WIDTHS, steps=STEPS, seeds=SEEDS, depths=DEPTHS, horizon=HORIZON,
-                coord_widths=COORD_WIDTHS, coord_steps=COORD_STEPS, coord_seeds=COORD_SEEDS)
+                coord_widths=COORD_WIDTHS, coord_steps=COORD_STEPS, coord_seeds=COORD_SEEDS,
+                step_widths=STEP_WIDTHS, step_factors=STEP_FACTORS)
     return {**full, **QUICK} if quick else full
 
 
@@ -449,7 +502,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     q = settings(args.quick)
     if args.widths:
-        q["widths"] = tuple(int(w) for w in args.widths.split(","))
+        q["widths"] = q["step_widths"] = tuple(int(w) for w in args.widths.split(","))
     q.update({k: v for k, v in (("steps", args.steps), ("seeds", args.seeds)) if v})
     if evaluate.COMPILE_CACHE_DIR:
         jax.config.update("jax_compilation_cache_dir", str(evaluate.COMPILE_CACHE_DIR))

@@ -238,3 +238,31 @@ def test_coordinate_check_is_flat_in_mup_and_grows_in_sp():
     assert np.abs(slopes["mu"]).max() < mx.COORD_TOLERANCE, slopes
     assert slopes["sp"][1:].min() > 0.4 and slopes["sp"][-1] > 0.8, slopes   # z2, logits
     assert abs(slopes["sp"][0]) < mx.COORD_TOLERANCE     # the input layer's fan_in is fixed
+
+
+def test_step_experiment_at_factor_one_is_the_registry_optimizer(tmp_path):
+    """mulo_experiments.py step: f = 1 reproduces the registry's μLO_M run, f scales the first
+    update exactly (λ1 multiplies the whole step), and the JSON and plot are written."""
+    import json
+    import evaluate
+    import metrics
+    q = dict(seeds=1, steps=20, step_widths=(16,), step_factors=(1.0, 2.0))
+    mx.step_experiment(q, tmp_path, lambda msg: None)
+    out = json.loads((tmp_path / "step.json").read_text())["results"]
+    assert set(out) == {"mu_small_fc_lopt", "sp_small_fc_lopt"}
+    row = out["mu_small_fc_lopt"]["16"]
+    assert row["best_factor"] in (1.0, 2.0) and (tmp_path / "step.png").stat().st_size > 0
+    name, theta = checkpoint.load_checkpoint(os.path.join(ROOT, "checkpoints",
+                                                          "mu_small_fc_lopt.npz"))
+    task = registry.prepare_task(name, mup.width_task(16))
+    losses = evaluate.opt_curves(name, task, 20, [0], theta)[0]
+    assert row["1.0"]["finals"][0] == pytest.approx(float(metrics.final_training_loss(losses)[0]),
+                                                   rel=1e-5)
+    params, _, _, grads = grads_at_init(task)
+    first = {}
+    for f in (1.0, 2.0):
+        lo = mup.small_fc_lopt_m(task.multipliers, mup.MU._replace(step_mult=mup.MU.step_mult * f))
+        tx = lo.optimizer(theta, 20)
+        first[f] = tx.update(grads, tx.init(params), params)[0]
+    for a, b in zip(jax.tree.leaves(first[1.0]), jax.tree.leaves(first[2.0])):
+        np.testing.assert_allclose(np.asarray(b), 2.0 * np.asarray(a), rtol=1e-5, atol=1e-12)
