@@ -39,7 +39,8 @@ updates given an update from local SGD iterations"): the MLP (39 inputs: no n(u)
 whole server update, with no nominal term and no server momentum besides its accumulators'.
 Ours where our materials are silent: the units, rms(g) per tensor (scale-equivariant, as LOpt's
 rms(u)), and the start, d = n(g) (lopt.init_mlp_with_direction), so a fresh θ is local SGD up to
-exp(λ2·m) ≈ 1 ± 1e-3 — a working optimizer to meta-train from. No checkpoint is shipped.
+exp(λ2·m) ≈ 1 ± 1e-3 — a working optimizer to meta-train from. Shipped:
+checkpoints/local_sgd_lopt_paper.npz (`python train.py --opt local_sgd_lopt_paper`, θ only).
 
 Safeguard (ours; issue #20: on a problem outside the repository the shipped LAgg diverged,
 loss 2.3 → 18.2). The learned residual r = λ1·rms(u)·d·exp(λ2·m) is bounded per tensor to
