@@ -202,6 +202,7 @@ def plot_sweep(results, values, xlabel, path, title, shade=None, cap=None, logx=
         ax.set_title(title, fontsize=10)
     if logx:
         ax.set_xscale("log", base=2)
+    ax.set_yscale("log")            # a diverging optimizer does not flatten the others' curves
     ax.set_xticks(values)
     ax.set_xticklabels([str(v) for v in values])
     ax.set_xlabel(xlabel)
