@@ -199,7 +199,7 @@ def plot_sweep(results, values, xlabel, path, title, shade=None, cap=None, logx=
         ax.set_title(f"{title}\n× on the top edge: diverged (final loss ≥ {cap:.2f} or NaN)",
                      fontsize=9)
     else:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
     if logx:
         ax.set_xscale("log", base=2)
     ax.set_yscale("log")            # a diverging optimizer does not flatten the others' curves
