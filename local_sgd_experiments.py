@@ -216,7 +216,8 @@ def format_tables(results, summary, comm, cfg):
             best = min(means, key=means.get)
             cells = []
             for m in METHODS:
-                c = f"{means[m]:.4f} ± {r[m]['final'].std():.4f}"
+                with np.errstate(invalid="ignore"):          # a diverged seed: inf ± nan
+                    c = f"{means[m]:.4f} ± {r[m]['final'].std():.4f}"
                 cells.append(f"**{c}**" if m == best else c)
             mb = comm[t]["total_bytes"] / 1e6
             lines.append(f"| {t} | {mb:.1f} | " + " | ".join(cells) + " |")

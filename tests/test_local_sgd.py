@@ -255,7 +255,8 @@ def test_sharded_workers_match_vmapped_workers():
 
 def test_experiments_quick_writes_table_json_and_plots(tmp_path, capsys):
     """local_sgd_experiments.py --quick end to end: the table, results.json and one plot per H;
-    tuned SlowMo's grid contains local SGD, so it is never worse; bad flags are one line."""
+    tuned SlowMo's grid contains local SGD, so it is never worse; a diverged method is a row of
+    the table, not a crash; bad flags are one line."""
     import json
     import local_sgd_experiments as lx
     assert lx.main(["--quick", "--out", str(tmp_path), "--local-steps", "2"]) == 0
@@ -263,7 +264,10 @@ def test_experiments_quick_writes_table_json_and_plots(tmp_path, capsys):
     assert set(r["results"]) == set(lx.QUICK["tasks"]) and list(r["summary"]) == ["2"]
     for t in r["results"].values():
         finals = {m: np.mean(t["2"][m]["final"]) for m in lx.METHODS}
-        assert finals["slowmo"] <= finals["local_sgd"] and all(np.isfinite(list(finals.values())))
+        assert finals["slowmo"] <= finals["local_sgd"]
+        # the baselines and the safeguarded LOpt/LAgg never diverge; the paper's form has only a
+        # size bound and may (the shipped θ does on the tiny regression): it is reported, not fatal
+        assert all(np.isfinite(finals[m]) for m in lx.METHODS if m != "local_sgd_lopt_paper")
         sgd = t["2"]["local_sgd"]   # a 2-point grid's winner is an edge: widened once (×2, ×½)
         grid, lr = sgd["local_lr_grid"], sgd["local_lr"]
         assert len(grid) == 3 and grid == sorted(grid) and lr in grid
