@@ -304,9 +304,8 @@ def step_experiment(q, out_dir, log):
             for f in q["step_factors"]:
                 lo = mup.small_fc_lopt_m(task.multipliers,
                                          scalings._replace(step_mult=scalings.step_mult * f))
-                tx = optax.with_extra_args_support(lo.optimizer(runner.thetas[name], q["steps"]))
-                losses = engine.run_curves(task, lambda _, tx=tx: tx, None, q["steps"],
-                                           runner.seeds)[0]
+                losses = evaluate.opt_curves(lo.optimizer(runner.thetas[name], q["steps"]), task,
+                                             q["steps"], runner.seeds)[0]
                 row[str(f)] = summarize(metrics.final_training_loss(losses), task.loss_cap)
             finite = {f: e["iqm"] for f, e in row.items() if e["iqm"] is not None}
             row["best_factor"] = float(min(finite, key=finite.get)) if finite else None
@@ -497,7 +496,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument("--quick", action="store_true", help="a few minutes: fewer widths/steps/seeds")
-    p.add_argument("--widths", help="comma-separated widths (width experiment), e.g. 16,64,256,1024")
+    p.add_argument("--widths", help="comma-separated widths (width and step experiments), "
+                                    "e.g. 16,64,256,1024")
     p.add_argument("--steps", type=int, help="inner steps per run")
     p.add_argument("--seeds", type=int, help="runs per (optimizer, task)")
     args = p.parse_args(argv)

@@ -2,6 +2,7 @@
 zero output layer), μ and SP sharing every line but the scalings, μLO_M / μVeLO_M updates, the
 registry's multi-width recipe, a trained μLO_M lowering a loss at an unseen width, and the μP
 coordinate check (flat over width in μP, growing in SP)."""
+import json
 import math
 import os
 
@@ -12,6 +13,8 @@ import optax
 import pytest
 
 import checkpoint
+import evaluate
+import metrics
 import mulo_experiments as mx
 import mup
 import small_fc_lopt
@@ -243,9 +246,6 @@ def test_coordinate_check_is_flat_in_mup_and_grows_in_sp():
 def test_step_experiment_at_factor_one_is_the_registry_optimizer(tmp_path):
     """mulo_experiments.py step: f = 1 reproduces the registry's μLO_M run, f scales the first
     update exactly (λ1 multiplies the whole step), and the JSON and plot are written."""
-    import json
-    import evaluate
-    import metrics
     q = dict(seeds=1, steps=20, step_widths=(16,), step_factors=(1.0, 2.0))
     mx.step_experiment(q, tmp_path, lambda msg: None)
     out = json.loads((tmp_path / "step.json").read_text())["results"]
