@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (LearnedOptimizer, as_optax, cosine_anneal, init_lstm, init_mlp,
+from lopt import (MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
                   init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
 from lopt import param_scale as lopt_param_scale
 
@@ -282,20 +282,23 @@ def step(theta, state, params, grads, loss, use_scheduler=True, min_scale=None):
 # ----------------------------------------------------------------------------- the contract
 
 def learned_optimizer(use_scheduler=True, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS,
-                      lstm_hidden=LSTM_HIDDEN, name=None, rule_init=RULE_INIT, min_scale=None):
+                      lstm_hidden=LSTM_HIDDEN, name=None, rule_init=RULE_INIT, min_scale=None,
+                      max_norm=MAX_NORM):
     """The contract record. use_scheduler=False is stage 1 ("celo_stage1", η ≡ 1); θ keeps the
-    same layout in both stages so that a stage-1 θ is the starting point of stage 2."""
+    same layout in both stages so that a stage-1 θ is the starting point of stage 2.
+    max_norm: the bound of lopt.bound_norm on each tensor's RMS at use (ours; 0: none)."""
     name = name or ("celo" if use_scheduler else "celo_stage1")
     return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden,
                                           hidden_layers=hidden_layers, lstm_hidden=lstm_hidden,
                                           rule_init=rule_init),
                             init, partial(step, use_scheduler=use_scheduler, min_scale=min_scale),
-                            needs_loss=True)
+                            needs_loss=True, max_norm=max_norm)
 
 
-def optimizer(theta, num_steps, use_scheduler=True, min_scale=None):
+def optimizer(theta, num_steps, use_scheduler=True, min_scale=None, max_norm=MAX_NORM):
     """Celo with meta-parameters θ as an optax transformation:
-    `updates, state = tx.update(grads, state, params, value=loss)`. min_scale=0 gives the
-    reference code's step exactly (a zero tensor then barely moves: see param_scale)."""
-    return as_optax(learned_optimizer(use_scheduler=use_scheduler, min_scale=min_scale), theta,
-                    num_steps)
+    `updates, state = tx.update(grads, state, params, value=loss)`. min_scale=0, max_norm=0 give
+    the reference code's step exactly (a zero tensor then barely moves: see param_scale; and
+    long runs can diverge: lopt.bound_norm)."""
+    return learned_optimizer(use_scheduler=use_scheduler, min_scale=min_scale,
+                             max_norm=max_norm).optimizer(theta, num_steps)

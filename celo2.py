@@ -19,8 +19,8 @@ import optax
 
 import accumulators as acc
 import features
-from lopt import (LearnedOptimizer, init_mlp, init_mlp_with_direction, map_tensors,
-                  per_parameter_mlp)
+from lopt import (MAX_NORM, LearnedOptimizer, bound_norm, init_mlp, init_mlp_with_direction,
+                  map_tensors, per_parameter_mlp)
 
 # Structure (static). Celo2 model cards: one MLP with 2 hidden layers of 8 units.
 HIDDEN = 8
@@ -181,16 +181,20 @@ def cosine_schedule(learning_rate, num_steps):
 
 
 def optimizer(theta, learning_rate=LEARNING_RATE, num_steps=None, weight_decay=WEIGHT_DECAY,
-              harness=True, labels=None):
+              harness=True, labels=None, max_norm=None):
     """Celo2 as a drop-in optax optimizer:
     chain(scale_by_celo2(θ, orthogonalize=harness), add_decayed_weights(wd), scale_by_lr(lr_t)).
     learning_rate: a float, or an optax schedule; a float with num_steps decays by
-    cosine_schedule over num_steps (the default, untuned use), without num_steps it stays constant."""
+    cosine_schedule over num_steps (the default, untuned use), without num_steps it stays constant.
+    max_norm: lopt.bound_norm's bound on each tensor's RMS (ours); None: MAX_NORM for
+    celo2_base (harness=False; its 25,000-step run diverges without it), 0 (none) for celo2."""
     if not callable(learning_rate) and num_steps is not None:
         learning_rate = cosine_schedule(learning_rate, num_steps)
-    return optax.chain(scale_by_celo2(theta, harness, labels),
-                       optax.add_decayed_weights(weight_decay),
-                       optax.scale_by_learning_rate(learning_rate))
+    tx = optax.chain(scale_by_celo2(theta, harness, labels),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+    max_norm = (0.0 if harness else MAX_NORM) if max_norm is None else max_norm
+    return bound_norm(tx, max_norm) if max_norm > 0 else tx
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -202,7 +206,7 @@ class State(NamedTuple):
 
 def init(theta, params, num_steps, harness=True, learning_rate=LEARNING_RATE,
          weight_decay=WEIGHT_DECAY):
-    tx = optimizer(theta, learning_rate, num_steps, weight_decay, harness)
+    tx = optimizer(theta, learning_rate, num_steps, weight_decay, harness, max_norm=0.0)
     return State(tx.init(params), jnp.asarray(num_steps, jnp.int32))
 
 
@@ -211,7 +215,7 @@ def step(theta, state, params, grads, loss=None, harness=True, learning_rate=LEA
     """One update of `optimizer(θ, learning_rate, num_steps=state.num_steps)`: the same
     function that meta-training unrolls (the harness is in the loop) and evaluation runs."""
     del loss  # Celo2 reads no loss
-    tx = optimizer(theta, learning_rate, state.num_steps, weight_decay, harness)
+    tx = optimizer(theta, learning_rate, state.num_steps, weight_decay, harness, max_norm=0.0)
     updates, inner = tx.update(grads, state.inner, params)
     return updates, State(inner, state.num_steps)
 
@@ -222,4 +226,5 @@ def learned_optimizer(harness=True, learning_rate=LEARNING_RATE, weight_decay=WE
     kw = dict(harness=harness, learning_rate=learning_rate, weight_decay=weight_decay)
     return LearnedOptimizer(name or ("celo2" if harness else "celo2_base"),
                             partial(init_meta_params, harness=harness, rule_init=rule_init),
-                            partial(init, **kw), partial(step, **kw))
+                            partial(init, **kw), partial(step, **kw),
+                            max_norm=0.0 if harness else MAX_NORM)   # bounded at use only

@@ -258,7 +258,8 @@ def velo_m(multipliers=None, size: str = VELO_SIZE, step_mult: float = VELO_STEP
            ) -> LearnedOptimizer:
     """μVeLO_M (μLO Prop. 4.2, App. C): VeLO without the parameter-norm factor, its update
     × the task's multipliers; λ1 unchanged."""
-    return scaled(velo.learned_optimizer(size, step_mult, min_scale=0.0, anneal=False),
+    return scaled(velo.learned_optimizer(size, step_mult, min_scale=0.0, anneal=False,
+                                         max_norm=0.0),
                   multipliers, f"mu_velo_{size}",
                   transform=without_param_scale)
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (LearnedOptimizer, as_optax, cosine_anneal, init_lstm, init_mlp,
+from lopt import (MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
                   init_mlp_with_direction, lstm_step, map_tensors, param_scale,
                   per_parameter_mlp)
 
@@ -240,8 +240,9 @@ def step(theta, state, params, grads, loss, step_mult=STEP_MULT, exp_mult=EXP_MU
 
 
 def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
-                      meta_init=META_INIT, min_scale=None, anneal=True):
-    """The contract record for one of SIZES.
+                      meta_init=META_INIT, min_scale=None, anneal=True, max_norm=MAX_NORM):
+    """The contract record for one of SIZES. max_norm: lopt.bound_norm's bound at use (ours;
+    0: none).
 
     "small" (H = 64, K = 32) has the widths of Celo's VeLO-S (Celo §5, App. A.2) — a published
     size, the same LSTM width as Celo's scheduler, and 44,193 live meta-parameters, about
@@ -259,16 +260,16 @@ def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
                                     meta_init=meta_init),
                             init, partial(step, step_mult=step_mult, exp_mult=exp_mult,
                                           min_scale=min_scale, anneal=anneal),
-                            needs_loss=True)
+                            needs_loss=True, max_norm=max_norm)
 
 
 def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT, min_scale=None,
-              anneal=True):
+              anneal=True, max_norm=MAX_NORM):
     """VeLO with meta-parameters θ (any size: step reads the widths from θ) as an optax
     transformation; call `tx.update(grads, state, params, value=loss)`. min_scale=0,
-    anneal=False: the reference."""
-    return as_optax(learned_optimizer(step_mult=step_mult, exp_mult=exp_mult,
-                                      min_scale=min_scale, anneal=anneal), theta, num_steps)
+    anneal=False, max_norm=0: the reference."""
+    return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult, min_scale=min_scale,
+                             anneal=anneal, max_norm=max_norm).optimizer(theta, num_steps)
 
 
 def theta_from_reference(flat):

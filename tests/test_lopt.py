@@ -1,5 +1,8 @@
-"""lopt.py: the fast per-parameter MLP equals the plain form the papers write."""
-import jax, jax.numpy as jnp, numpy as np, pytest
+"""lopt.py: the fast per-parameter MLP equals the plain form the papers write; the max-norm
+bound (bound_norm) projects exactly what it says and stops a deliberate blow-up."""
+from typing import NamedTuple
+
+import jax, jax.numpy as jnp, numpy as np, optax, pytest
 import accumulators as acc, features, lopt
 
 
@@ -23,3 +26,82 @@ def test_fast_per_parameter_mlp_equals_the_plain_form(groups, eps, hidden, shape
     for a, b in zip(fast, plain):
         np.testing.assert_allclose(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1),
                                    rtol=2e-4, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- the max-norm bound
+
+def _identity():
+    """An inner transformation whose updates are the 'gradients' given (to drive p anywhere)."""
+    return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(),
+                                                 lambda g, s, p=None, **kw: (g, s))
+
+
+def test_bound_norm_projects_only_matrices_that_leave_their_ball():
+    rng = np.random.RandomState(0)
+    params = {"w": jnp.asarray(0.3 * rng.normal(size=(6, 5)), jnp.float32),   # rms ≈ 0.3
+              "small": jnp.asarray(0.01 * rng.normal(size=(4, 4)), jnp.float32),
+              "zero": jnp.zeros((3, 2), jnp.float32),
+              "b": jnp.zeros((5,), jnp.float32), "s": jnp.float32(1.0)}
+    tx = lopt.bound_norm(_identity(), 4.0)
+    state = tx.init(params)
+    rms = lambda x: float(jnp.sqrt(jnp.mean(jnp.square(x))))
+    # radius = κ · (RMS at step 0, floored at 0.1; 0.25 for an all-zero tensor)
+    np.testing.assert_allclose(state.radius["w"], 4 * rms(params["w"]), rtol=1e-6)
+    np.testing.assert_allclose(state.radius["small"], 4 * lopt.MAX_NORM_FLOOR, rtol=1e-6)
+    np.testing.assert_allclose(state.radius["zero"], 4 * lopt.MAX_NORM_ZERO, rtol=1e-6)
+    grads = {"w": 9.0 * params["w"] + 0.5,                        # would leave the ball
+             "small": jnp.full((4, 4), 0.01, jnp.float32),        # stays inside
+             "zero": jnp.asarray(rng.normal(size=(3, 2)) * 50, jnp.float32),
+             "b": jnp.full((5,), 1e3, jnp.float32), "s": jnp.float32(-7.0)}
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(rms(new["w"]), state.radius["w"], rtol=1e-5)
+    np.testing.assert_allclose(rms(new["zero"]), 1.0, rtol=1e-5)
+    # the projection is a rescaling of p + u: same direction
+    target = params["w"] + grads["w"]
+    np.testing.assert_allclose(new["w"] / rms(new["w"]), target / rms(target), rtol=1e-4, atol=1e-6)
+    for k in ("small", "b", "s"):                    # inside the ball, or not a matrix: unchanged
+        np.testing.assert_array_equal(updates[k], grads[k])
+
+
+def test_bound_norm_forwards_eta_and_needs_params():
+    class Inner(NamedTuple):
+        eta: jax.Array
+    inner = optax.GradientTransformationExtraArgs(lambda p: Inner(jnp.float32(0.7)),
+                                                  lambda g, s, p=None, **kw: (g, s))
+    tx = lopt.bound_norm(inner)
+    params = {"w": jnp.ones((2, 2))}
+    state = tx.init(params)
+    assert float(state.eta) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="needs the current params"):
+        tx.update(params, state)
+
+
+@pytest.mark.parametrize("name,steps", [("celo", 400), ("velo", 400), ("celo2_base", 3000)])
+def test_shipped_optimizer_cannot_blow_up_the_weights(name, steps):
+    """A deliberately bad objective, L = −‖p‖² (its gradient always points inward, so every step
+    goes outward): the raw step grows the weights many times over (exponentially for the
+    relative steps of Celo and VeLO, linearly for Celo2-base's); the shipped optimizer
+    (bound_norm on) keeps every matrix within 4× its start."""
+    import celo, celo2, evaluate, velo
+    theta = evaluate.load_theta(name)
+    make = {"celo": lambda m: celo.optimizer(theta, steps, max_norm=m),
+            "velo": lambda m: velo.optimizer(theta, steps, max_norm=m),
+            "celo2_base": lambda m: celo2.optimizer(theta, num_steps=steps, harness=False,
+                                                    max_norm=m)}[name]
+    p0 = {"w": jnp.asarray(0.2 * np.random.RandomState(1).normal(size=(16, 8)), jnp.float32),
+          "b": jnp.zeros((8,), jnp.float32)}
+    loss = lambda p: -jnp.sum(jnp.square(p["w"]))
+
+    def final_rms(tx):
+        def body(c, _):
+            p, s = c
+            l, g = jax.value_and_grad(loss)(p)
+            u, s = tx.update(g, s, p, value=l)
+            return (optax.apply_updates(p, u), s), None
+        (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=steps)
+        return float(jnp.sqrt(jnp.mean(jnp.square(p["w"]))))
+
+    start = float(jnp.sqrt(jnp.mean(jnp.square(p0["w"]))))
+    assert final_rms(make(0.0)) > 6 * start                     # the raw step runs away
+    assert final_rms(make(lopt.MAX_NORM)) <= lopt.MAX_NORM * start * (1 + 1e-5)
