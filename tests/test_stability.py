@@ -26,6 +26,17 @@ def test_a_run_that_ends_above_its_start_fails(tmp_path, monkeypatch, capsys):
     assert json.loads(out.read_text())[0]["ok"] is False
 
 
+def test_a_run_that_trains_then_collapses_fails_though_it_ends_below_its_start():
+    """VeLO-small's old 25,000-step run: 2.317 → 0.6 → back to chance, 2.303 (a hair below)."""
+    curve = np.concatenate([np.linspace(2.317, 0.6, 300), np.linspace(0.6, 2.303, 300)])[None]
+    initial, best, final, ok = stability.verdict(curve)
+    assert not ok and final < initial and best < 0.7
+    # a run that keeps most of its progress (a late bump) passes; a NaN run fails
+    kept = np.concatenate([np.linspace(2.3, 0.6, 300), np.linspace(0.6, 1.0, 300)])[None]
+    assert stability.verdict(kept)[3]
+    assert not stability.verdict(np.array([[2.0, 1.0, np.nan, 1.0]]))[3]
+
+
 def test_bad_input_is_one_line(capsys):
     assert stability.main(["--opts", "adam"]) == 2
     assert stability.main(["--tasks", "nope"]) == 2
