@@ -117,14 +117,16 @@ def bound_norm(tx, max_norm=MAX_NORM):
             raise ValueError("bound_norm needs the current params: call tx.update(grads, state, "
                              "params, ...)")
         updates, inner = tx.update(grads, state.inner, params, **extra)
+        # u is read twice below (rms(p + u), then the projection); without the barrier XLA fuses
+        # the learned rule into both readers (measured: Celo 3.75× Adam without it, 3.4× with)
+        updates = jax.lax.optimization_barrier(updates)
 
         def project(p, u, radius):
             if p.ndim < 2:                  # biases and gains: linear growth beyond the radius
-                shrink = radius / jnp.maximum(_rms(p), 1e-30)
-                return jnp.where(shrink < 1.0, u * shrink, u).astype(u.dtype)
-            new = p + u
-            shrink = radius / jnp.maximum(_rms(new), 1e-30)
-            return jnp.where(shrink < 1.0, new * shrink - p, u).astype(u.dtype)
+                c = jnp.minimum(radius / jnp.maximum(_rms(p), 1e-30), 1.0)
+                return (u * c).astype(u.dtype)                   # c = 1: u unchanged, bit for bit
+            c = jnp.minimum(radius / jnp.maximum(_rms(p + u), 1e-30), 1.0)
+            return (u + (c - 1.0) * (p + u)).astype(u.dtype)     # c·(p + u) − p; c = 1: u exactly
 
         return (jax.tree.map(project, params, updates, state.radius),
                 BoundedState(inner, state.radius))
