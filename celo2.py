@@ -180,6 +180,12 @@ def cosine_schedule(learning_rate, num_steps):
     return schedule
 
 
+def default_max_norm(harness):
+    """lopt.bound_norm's bound at use: MAX_NORM for celo2_base, none (0) for celo2, whose
+    Newton–Schulz steps have a fixed size."""
+    return 0.0 if harness else MAX_NORM
+
+
 def optimizer(theta, learning_rate=LEARNING_RATE, num_steps=None, weight_decay=WEIGHT_DECAY,
               harness=True, labels=None, max_norm=None):
     """Celo2 as a drop-in optax optimizer:
@@ -193,7 +199,7 @@ def optimizer(theta, learning_rate=LEARNING_RATE, num_steps=None, weight_decay=W
     tx = optax.chain(scale_by_celo2(theta, harness, labels),
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
-    max_norm = (0.0 if harness else MAX_NORM) if max_norm is None else max_norm
+    max_norm = default_max_norm(harness) if max_norm is None else max_norm
     return bound_norm(tx, max_norm) if max_norm > 0 else tx
 
 
@@ -227,4 +233,4 @@ def learned_optimizer(harness=True, learning_rate=LEARNING_RATE, weight_decay=WE
     return LearnedOptimizer(name or ("celo2" if harness else "celo2_base"),
                             partial(init_meta_params, harness=harness, rule_init=rule_init),
                             partial(init, **kw), partial(step, **kw),
-                            max_norm=0.0 if harness else MAX_NORM)   # bounded at use only
+                            max_norm=default_max_norm(harness))   # bounded at use only

@@ -97,10 +97,6 @@ class BoundedState(NamedTuple):
         return getattr(self.inner, "eta", None)
 
 
-def _rms(x):
-    return jnp.sqrt(jnp.mean(jnp.square(x)))
-
-
 def bound_norm(tx, max_norm=MAX_NORM):
     """tx with each tensor held to its radius, max_norm × its reference RMS (MAX_NORM above).
     A tensor of ≥ 2 dimensions whose new value p + u would leave its ball gets the update
@@ -108,7 +104,7 @@ def bound_norm(tx, max_norm=MAX_NORM):
     its ball gets u · radius / rms(p). Every other update passes unchanged, bit for bit."""
     def init(params):
         def radius(p):
-            r = _rms(p)
+            r = param_scale(p, 0.0)
             return max_norm * jnp.where(r > 0, jnp.maximum(r, MAX_NORM_FLOOR), MAX_NORM_ZERO)
         return BoundedState(tx.init(params), jax.tree.map(radius, params))
 
@@ -123,9 +119,9 @@ def bound_norm(tx, max_norm=MAX_NORM):
 
         def project(p, u, radius):
             if p.ndim < 2:                  # biases and gains: linear growth beyond the radius
-                c = jnp.minimum(radius / jnp.maximum(_rms(p), 1e-30), 1.0)
+                c = jnp.minimum(radius / jnp.maximum(param_scale(p, 0.0), 1e-30), 1.0)
                 return (u * c).astype(u.dtype)                   # c = 1: u unchanged, bit for bit
-            c = jnp.minimum(radius / jnp.maximum(_rms(p + u), 1e-30), 1.0)
+            c = jnp.minimum(radius / jnp.maximum(param_scale(p + u, 0.0), 1e-30), 1.0)
             return (u + (c - 1.0) * (p + u)).astype(u.dtype)     # c·(p + u) − p; c = 1: u exactly
 
         return (jax.tree.map(project, params, updates, state.radius),
