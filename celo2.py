@@ -19,7 +19,7 @@ import optax
 
 import accumulators as acc
 import features
-from lopt import (MAX_NORM, LearnedOptimizer, bound_norm, init_mlp, init_mlp_with_direction,
+from lopt import (MAX_NORM, LearnedOptimizer, bound_norm, portable, init_mlp, init_mlp_with_direction,
                   map_tensors, per_parameter_mlp)
 
 # Structure (static). Celo2 model cards: one MLP with 2 hidden layers of 8 units.
@@ -200,7 +200,7 @@ def optimizer(theta, learning_rate=LEARNING_RATE, num_steps=None, weight_decay=W
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
     max_norm = default_max_norm(harness) if max_norm is None else max_norm
-    return bound_norm(tx, max_norm) if max_norm > 0 else tx
+    return portable(bound_norm(tx, max_norm) if max_norm > 0 else tx)
 
 
 # ----------------------------------------------------------------------------- the contract

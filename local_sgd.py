@@ -116,7 +116,7 @@ META_DATASET = "fashion_mnist_8x8"
 
 class GlobalUpdate(NamedTuple):
     """A server update in the learned-optimizer contract (lopt.py's module docstring): the fields
-    of lopt.LearnedOptimizer, in its order, plus `all_deltas`.
+    of lopt.LearnedOptimizer, plus `all_deltas`.
     init_meta_params(key) -> θ;  init(θ, params, num_rounds) -> state;
     step(θ, state, params, grads, loss) -> (updates, state), updates added to params.
     `grads` is the round's pseudo-gradient −Δ̄, or, when `all_deltas`, the K workers' −Δ_k
@@ -129,6 +129,7 @@ class GlobalUpdate(NamedTuple):
     step: Callable[..., Any]
     needs_loss: bool = False
     all_deltas: bool = False
+    max_norm: float = 0.0    # no lopt.bound_norm: the learned residual is bounded itself
 
     optimizer = LearnedOptimizer.optimizer   # as optax on pseudo-gradients (lopt.as_optax)
 

@@ -40,7 +40,7 @@ class LearnedOptimizer(NamedTuple):
 
     def optimizer(self, theta, num_steps):
         tx = as_optax(self, theta, num_steps)
-        return bound_norm(tx, self.max_norm) if self.max_norm > 0 else tx
+        return portable(bound_norm(tx, self.max_norm) if self.max_norm > 0 else tx)
 
 
 def as_optax(lopt, theta, num_steps):
@@ -126,6 +126,33 @@ def bound_norm(tx, max_norm=MAX_NORM):
 
         return (jax.tree.map(bound, params, updates, state.radius),
                 BoundedState(inner, state.radius))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def portable(tx):
+    """tx for whatever params a user brings (ours; every learned optimizer's `optimizer()` is
+    wrapped in it). Tensors of float16 or bfloat16 are read in float32 (the features and
+    accumulators need its range) and get updates in their own dtype; tensors with no elements
+    are skipped and get empty updates (an empty tensor's mean is NaN, and a feature shared
+    across tensors, as VeLO's, would spread it to every tensor). Float32 params pass through
+    unchanged, so the wrapped and unwrapped steps agree bit for bit."""
+    def f32(tree):                  # float32 leaves, empty ones replaced by None (no leaf)
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef.unflatten([None if jnp.size(x) == 0 else jnp.asarray(x, jnp.float32)
+                                  for x in leaves])
+
+    def init(params):
+        return tx.init(f32(params))
+
+    def update(grads, state, params=None, **extra):
+        if "value" in extra and extra["value"] is not None:
+            extra["value"] = jnp.asarray(extra["value"], jnp.float32)
+        updates, state = tx.update(f32(grads), state, None if params is None else f32(params),
+                                   **extra)
+        leaves, treedef = jax.tree.flatten(grads)
+        return treedef.unflatten([jnp.zeros_like(g) if u is None else jnp.asarray(u, g.dtype)
+                                  for g, u in zip(leaves, treedef.flatten_up_to(updates))]), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 

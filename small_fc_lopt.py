@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import LearnedOptimizer, as_optax, init_mlp, map_tensors, per_parameter_mlp
+from lopt import LearnedOptimizer, init_mlp, map_tensors, per_parameter_mlp
 
 STEP_MULT = 1e-3     # λ1 (Celo Eq. (2); reference default; μLO uses 0.01 for μLO_M)
 EXP_MULT = 1e-3      # λ2 (Celo Eq. (2))
@@ -94,4 +94,4 @@ def learned_optimizer(hidden=HIDDEN, step_mult=STEP_MULT, exp_mult=EXP_MULT,
 
 def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT):
     """small_fc_lopt with meta-parameters θ as an optax transformation."""
-    return as_optax(learned_optimizer(step_mult=step_mult, exp_mult=exp_mult), theta, num_steps)
+    return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult).optimizer(theta, num_steps)

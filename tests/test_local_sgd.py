@@ -152,13 +152,15 @@ def test_fresh_lopt_is_slowmo_and_one_weight_scales_it_and_slowmo_is_optax_momen
     # SlowMo (α, β) = heavy-ball SGD on pseudo-gradients: optax.sgd(α, momentum=β)
     slow = local_sgd.slowmo(0.7, 0.8)
     hp = slow.init_meta_params()
-    tx = optax.sgd(0.7, momentum=0.8)
-    s1, s2 = slow.init(hp, params, 3), tx.init(params)
+    tx, ours = optax.sgd(0.7, momentum=0.8), slow.optimizer(hp, 3)   # and the record as optax
+    s1, s2, s3 = slow.init(hp, params, 3), tx.init(params), ours.init(params)
     for g in grads:
         u1, s1 = slow.step(hp, s1, params, g, 0.0)
         u2, s2 = tx.update(g, s2, params)
+        u3, s3 = ours.update(g, s3, params)
         for name in params:
             np.testing.assert_allclose(u1[name], u2[name], rtol=1e-6)
+            np.testing.assert_array_equal(u3[name], u1[name])
 
 
 def test_bytes_per_round_are_k_times_parameter_bytes(quad, ts):

@@ -1,5 +1,6 @@
 """lopt.py: the fast per-parameter MLP equals the plain form the papers write; the max-norm
-bound (bound_norm) pulls back exactly what it says and stops a deliberate blow-up."""
+bound (bound_norm) pulls back exactly what it says and stops a deliberate blow-up; every shipped
+optimizer takes bfloat16 and empty tensors (portable)."""
 from typing import NamedTuple
 
 import jax, jax.numpy as jnp, numpy as np, optax, pytest
@@ -117,3 +118,57 @@ def test_shipped_optimizer_cannot_blow_up_the_weights(name, steps):
     assert raw_w > 6 * start and raw_b > 6 * 0.2                  # the raw step runs away
     assert w <= 1.01 * lopt.MAX_NORM * start           # on its ball, give or take one step
     assert b < raw_b / 1.5             # the bias grows slower (measured: 0.23, 0.06, 0.56×)
+
+
+# ----------------------------------------------------------------------------- portable
+
+@pytest.mark.parametrize("name", ["celo", "velo", "small_fc_lopt", "celo2", "celo2_base"])
+def test_shipped_optimizers_take_bfloat16_and_empty_tensors(name):
+    """lopt.portable, around every shipped optimizer: float32 params give the unwrapped step bit
+    for bit; bfloat16 params are stepped in float32 and get bfloat16 updates (the float32 step
+    rounded); an empty tensor gets an empty update and changes no other tensor's (VeLO's
+    cross-tensor features made every update NaN; bfloat16 failed to compile)."""
+    import celo, celo2, evaluate, small_fc_lopt, velo
+    theta = evaluate.load_theta(name)
+    make = {"celo": lambda: celo.optimizer(theta, 50), "velo": lambda: velo.optimizer(theta, 50),
+            "small_fc_lopt": lambda: small_fc_lopt.optimizer(theta, 50),
+            "celo2": lambda: celo2.optimizer(theta, num_steps=50),
+            "celo2_base": lambda: celo2.optimizer(theta, num_steps=50, harness=False)}[name]
+    rng = np.random.RandomState(2)
+    params = {"w": jnp.asarray(rng.normal(size=(8, 4)) / 3, jnp.bfloat16),
+              "b": jnp.asarray(rng.normal(size=(4,)) / 3, jnp.bfloat16)}
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+             for _ in range(3)]
+    f32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)
+
+    def run(tx, params, grads):
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params, value=jnp.float32(1.0))
+            out.append(u)
+        return out
+
+    reference = run(make(), f32(params), [f32(g) for g in grads])
+    low = run(make(), params, grads)
+    for u, ref in zip(low, reference):
+        for k in params:
+            assert u[k].dtype == jnp.bfloat16
+            np.testing.assert_array_equal(u[k], ref[k].astype(jnp.bfloat16))
+            assert np.all(np.isfinite(np.asarray(u[k], np.float32)))
+    empty = {**f32(params), "e": jnp.zeros((0, 3), jnp.float32)}
+    with_empty = run(make(), empty, [{**f32(g), "e": jnp.zeros((0, 3))} for g in grads])
+    for u, ref in zip(with_empty, reference):
+        assert u["e"].shape == (0, 3)
+        for k in params:
+            np.testing.assert_array_equal(u[k], ref[k])
+
+
+def test_portable_passes_float32_through_bit_for_bit():
+    """portable(tx) on float32 params is tx: the same updates and the same state."""
+    tx = optax.with_extra_args_support(optax.adam(1e-2))
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    g = jax.tree.map(lambda p: jnp.sin(p) + 0.1, params)
+    u1, s1 = tx.update(g, tx.init(params), params)
+    u2, s2 = lopt.portable(tx).update(g, lopt.portable(tx).init(params), params)
+    for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2))):
+        np.testing.assert_array_equal(a, b)
