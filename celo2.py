@@ -19,8 +19,9 @@ import optax
 
 import accumulators as acc
 import features
-from lopt import (MAX_NORM, LearnedOptimizer, bound_norm, portable, init_mlp, init_mlp_with_direction,
-                  map_tensors, per_parameter_mlp)
+from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, bound_norm, init_mlp,
+                  init_mlp_with_direction, map_tensors, per_parameter_mlp, portable,
+                  scale_gradients)
 
 # Structure (static). Celo2 model cards: one MLP with 2 hidden layers of 8 units.
 HIDDEN = 8
@@ -187,18 +188,21 @@ def default_max_norm(harness):
 
 
 def optimizer(theta, learning_rate=LEARNING_RATE, num_steps=None, weight_decay=WEIGHT_DECAY,
-              harness=True, labels=None, max_norm=None):
+              harness=True, labels=None, max_norm=None, grad_rms_range=GRAD_RMS_RANGE):
     """Celo2 as a drop-in optax optimizer:
     chain(scale_by_celo2(θ, orthogonalize=harness), add_decayed_weights(wd), scale_by_lr(lr_t)).
     learning_rate: a float, or an optax schedule; a float with num_steps decays by
     cosine_schedule over num_steps (the default, untuned use), without num_steps it stays constant.
     max_norm: lopt.bound_norm's bound on each tensor's RMS (ours); None: MAX_NORM for
-    celo2_base (harness=False; its 25,000-step run diverges without it), 0 (none) for celo2."""
+    celo2_base (harness=False; its 25,000-step run diverges without it), 0 (none) for celo2.
+    grad_rms_range: lopt.scale_gradients' range (ours); None: the raw gradients (meta-training)."""
     if not callable(learning_rate) and num_steps is not None:
         learning_rate = cosine_schedule(learning_rate, num_steps)
     tx = optax.chain(scale_by_celo2(theta, harness, labels),
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
+    if grad_rms_range is not None:
+        tx = scale_gradients(tx, grad_rms_range)
     max_norm = default_max_norm(harness) if max_norm is None else max_norm
     return portable(bound_norm(tx, max_norm) if max_norm > 0 else tx)
 
@@ -212,7 +216,8 @@ class State(NamedTuple):
 
 def init(theta, params, num_steps, harness=True, learning_rate=LEARNING_RATE,
          weight_decay=WEIGHT_DECAY):
-    tx = optimizer(theta, learning_rate, num_steps, weight_decay, harness, max_norm=0.0)
+    tx = optimizer(theta, learning_rate, num_steps, weight_decay, harness, max_norm=0.0,
+                   grad_rms_range=None)
     return State(tx.init(params), jnp.asarray(num_steps, jnp.int32))
 
 
@@ -221,7 +226,8 @@ def step(theta, state, params, grads, loss=None, harness=True, learning_rate=LEA
     """One update of `optimizer(θ, learning_rate, num_steps=state.num_steps)`: the same
     function that meta-training unrolls (the harness is in the loop) and evaluation runs."""
     del loss  # Celo2 reads no loss
-    tx = optimizer(theta, learning_rate, state.num_steps, weight_decay, harness, max_norm=0.0)
+    tx = optimizer(theta, learning_rate, state.num_steps, weight_decay, harness, max_norm=0.0,
+                   grad_rms_range=None)
     updates, inner = tx.update(grads, state.inner, params)
     return updates, State(inner, state.num_steps)
 

@@ -29,8 +29,9 @@ import features
 
 class LearnedOptimizer(NamedTuple):
     """A learned optimizer as the scripts see it (the contract in the module docstring).
-    max_norm > 0: `optimizer()` wraps the step in bound_norm(·, max_norm) (used, not
-    meta-trained: `step` itself, which meta-training unrolls, is never bounded)."""
+    `optimizer()` is the step as used: wrapped in scale_gradients, in bound_norm(·, max_norm)
+    when max_norm > 0, and in portable (`step` itself, which meta-training unrolls, has none
+    of them)."""
     name: str
     init_meta_params: Callable[..., Any]
     init: Callable[..., Any]
@@ -39,7 +40,7 @@ class LearnedOptimizer(NamedTuple):
     max_norm: float = 0.0
 
     def optimizer(self, theta, num_steps):
-        tx = as_optax(self, theta, num_steps)
+        tx = scale_gradients(as_optax(self, theta, num_steps))
         return portable(bound_norm(tx, self.max_norm) if self.max_norm > 0 else tx)
 
 
@@ -58,6 +59,58 @@ def as_optax(lopt, theta, num_steps):
             raise ValueError(f"{lopt.name} reads the training loss: "
                              "call tx.update(grads, state, params, value=loss)")
         return lopt.step(theta, state, params, grads, jnp.float32(0.0) if loss is None else loss)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+# ----------------------------------------------------------------------------- the loss's scale
+
+# Ours, part of every shipped learned optimizer at use. The learned rules read raw gradients
+# through fixed constants (ε = 1e-6 in m·rsqrt(v + ε), 1e-5 in each feature column's
+# normalization, as the reference code has them), so unlike Adam they are not invariant to the
+# loss's scale: with a small tanh regression's loss × 1e-4, Celo ended 3,000× higher than at
+# × 1 (Adam: 1.1×), and Celo2-base, whose normalized output then follows its MLP's bias, above
+# its start. So the rule runs on c·L instead of L, c fixed at the first nonzero gradient:
+# c = clip(r, lo, hi) / r, r the RMS of that gradient over all parameters. Inside [lo, hi]
+# c = r / r = 1 and every step is unchanged, bit for bit; outside, the rule sees the problem at
+# the nearest scale it knows. [1e-4, 1] holds the first gradients of Celo's meta-training task
+# (≈ 1e-2) and of every VALIDATION task (3.7e-4 … 4.6e-2), with room on both sides.
+GRAD_RMS_RANGE = (1e-4, 1.0)
+
+
+def _forwarded_eta(state):
+    """The wrapped optimizer's η, where it has one (engine.py records it)."""
+    return getattr(state.inner, "eta", None)
+
+
+class ScaledState(NamedTuple):
+    """State of scale_gradients: the wrapped optimizer's state and c (0 until it is fixed)."""
+    inner: Any
+    scale: jnp.ndarray
+    eta = property(_forwarded_eta)
+
+
+def scale_gradients(tx, rms_range=GRAD_RMS_RANGE):
+    """tx run on c·L (gradients and `value` times c), c fixed at the first nonzero gradient so
+    that its RMS over all parameters lies in rms_range (GRAD_RMS_RANGE above)."""
+    lo, hi = rms_range
+
+    def init(params):
+        return ScaledState(tx.init(params), jnp.zeros((), jnp.float32))
+
+    def update(grads, state, params=None, **extra):
+        def first_scale():
+            leaves = jax.tree.leaves(grads)
+            r = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves)
+                         / max(sum(g.size for g in leaves), 1))
+            return jnp.where(r > 0, jnp.clip(r, lo, hi) / jnp.where(r > 0, r, 1.0), 0.0)
+        c = jax.lax.cond(state.scale > 0, lambda: state.scale, first_scale)
+        c_used = jnp.where(c > 0, c, 1.0)                     # before any nonzero gradient: 1
+        grads = jax.tree.map(lambda g: g * c_used.astype(g.dtype), grads)
+        if extra.get("value") is not None:
+            extra["value"] = extra["value"] * c_used
+        updates, inner = tx.update(grads, state.inner, params, **extra)
+        return updates, ScaledState(inner, c)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -94,11 +147,7 @@ class BoundedState(NamedTuple):
     """State of bound_norm: the wrapped optimizer's state and each tensor's radius (κ × ref RMS)."""
     inner: Any
     radius: Any
-
-    @property
-    def eta(self):
-        """The wrapped optimizer's η, where it has one (engine.py records it)."""
-        return getattr(self.inner, "eta", None)
+    eta = property(_forwarded_eta)
 
 
 def bound_norm(tx, max_norm=MAX_NORM):

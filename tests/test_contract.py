@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+import lopt as lopt_lib
 import registry
 import tasks
 
@@ -78,8 +79,11 @@ def test_contract_holds(name):
             jitted = jax.jit(lambda *args, lopt=lopt: counted(lopt, *args))
             # the optax wrapper, used as evaluate.py does (value=loss), is the raw step exactly
             tx = lopt.optimizer(theta, NUM_STEPS)
-            # (inside bound_norm's ball, where a learned optimizer has one: lopt.MAX_NORM)
-            raw = lambda s: s.inner if hasattr(s, "radius") else s
+            # (inside bound_norm's ball and scale_gradients' range: their states wrap the raw one)
+            def raw(s):
+                while isinstance(s, (lopt_lib.BoundedState, lopt_lib.ScaledState)):
+                    s = s.inner
+                return s
             s_tx, s_raw, p = tx.init(params0), lopt.init(theta, params0, NUM_STEPS), params0
             assert_trees_equal(raw(s_tx), s_raw)
             for t in range(2):

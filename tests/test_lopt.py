@@ -172,3 +172,70 @@ def test_portable_passes_float32_through_bit_for_bit():
     u2, s2 = lopt.portable(tx).update(g, lopt.portable(tx).init(params), params)
     for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2))):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- the loss's scale
+
+def _recording():
+    """An inner transformation whose updates are its gradients and whose state is the last value."""
+    return optax.GradientTransformationExtraArgs(
+        lambda p: jnp.float32(0.0), lambda g, s, p=None, value=None, **kw: (g, value))
+
+
+def test_scale_gradients_fixes_c_at_the_first_nonzero_gradient():
+    tx = lopt.scale_gradients(_recording(), (1e-4, 1.0))
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    state = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    u, state = tx.update(zero, state, params, value=jnp.float32(2.0))     # no scale yet: c = 1
+    assert float(state.scale) == 0.0 and float(state.inner) == 2.0
+    small = {"w": jnp.full((3, 4), 1e-7), "b": jnp.full((4,), -1e-7)}    # RMS 1e-7: c = 1e3
+    u, state = tx.update(small, state, params, value=jnp.float32(2.0))
+    np.testing.assert_allclose(float(state.scale), 1e3, rtol=1e-5)
+    np.testing.assert_allclose(u["w"], 1e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(state.inner), 2e3, rtol=1e-5)          # the loss too
+    u, state = tx.update(jax.tree.map(lambda x: 50 * x, small), state, params)   # c stays
+    np.testing.assert_allclose(u["b"], -5e-3, rtol=1e-5)
+    big = lopt.scale_gradients(_recording(), (1e-4, 1.0))                 # RMS 10: c = 0.1
+    u, s = big.update({"w": jnp.full((3, 4), 10.0), "b": jnp.full((4,), 10.0)},
+                      big.init(params), params)
+    np.testing.assert_allclose(u["w"], 1.0, rtol=1e-6)
+    inside = {"w": jnp.full((3, 4), 0.03), "b": jnp.linspace(-0.1, 0.1, 4)}   # c = 1 exactly
+    u, s = tx.update(inside, tx.init(params), params, value=jnp.float32(0.3))
+    assert float(s.scale) == 1.0 and float(s.inner) == np.float32(0.3)
+    for k in inside:
+        np.testing.assert_array_equal(u[k], inside[k])
+
+
+@pytest.mark.parametrize("name", ["celo", "celo2_base"])
+def test_learned_optimizer_ignores_the_losss_scale_outside_its_range(name):
+    """The shipped optimizer on a tanh regression whose loss is multiplied by 1e-6 or 1e-8
+    takes the same steps in both (the rule sees the loss at the edge of GRAD_RMS_RANGE) and
+    lowers the loss fivefold; raw (no scale_gradients), Celo2-base's steps follow its MLP's bias
+    there and the loss ends above its start."""
+    import celo, celo2, evaluate
+    theta, steps = evaluate.load_theta(name), 300
+    make = {"celo": lambda: celo.optimizer(theta, steps),
+            "celo2_base": lambda: celo2.optimizer(theta, num_steps=steps, harness=False)}[name]
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(k1, (256, 16))
+    y = jnp.tanh(x @ jax.random.normal(k2, (16, 4)))
+    base = lambda p: jnp.mean((jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] - y) ** 2)
+    p0 = {"w1": jax.random.normal(k3, (16, 32)) / 4, "b1": jnp.zeros(32), "w2": jnp.zeros((32, 4))}
+
+    def run(tx, scale):
+        def body(c, _):
+            p, s = c
+            l, g = jax.value_and_grad(lambda p: scale * base(p))(p)
+            u, s = tx.update(g, s, p, value=l)
+            return (optax.apply_updates(p, u), s), None
+        (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=steps)
+        return p
+
+    a, b = run(make(), 1e-6), run(make(), 1e-8)
+    for k in p0:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5)
+    assert float(base(a)) < 0.2 * float(base(p0))
+    if name == "celo2_base":
+        raw = celo2.optimizer(theta, num_steps=steps, harness=False, grad_rms_range=None)
+        assert float(base(run(raw, 1e-6))) > float(base(p0))
