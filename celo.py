@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
+from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
                   init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
 from lopt import param_scale as lopt_param_scale
 
@@ -295,10 +295,13 @@ def learned_optimizer(use_scheduler=True, hidden=HIDDEN, hidden_layers=HIDDEN_LA
                             needs_loss=True, max_norm=max_norm)
 
 
-def optimizer(theta, num_steps, use_scheduler=True, min_scale=None, max_norm=MAX_NORM):
+def optimizer(theta, num_steps, use_scheduler=True, min_scale=None, max_norm=MAX_NORM,
+              grad_rms_range=GRAD_RMS_RANGE):
     """Celo with meta-parameters θ as an optax transformation:
-    `updates, state = tx.update(grads, state, params, value=loss)`. min_scale=0, max_norm=0 give
-    the reference code's step exactly (a zero tensor then barely moves: see param_scale; and
-    long runs can diverge: lopt.bound_norm)."""
+    `updates, state = tx.update(grads, state, params, value=loss)`. min_scale=0, max_norm=0,
+    grad_rms_range=None give the reference code's step exactly (a zero tensor then barely
+    moves: see param_scale; long runs can diverge: lopt.bound_norm; a tiny loss stalls:
+    lopt.scale_gradients)."""
     return learned_optimizer(use_scheduler=use_scheduler, min_scale=min_scale,
-                             max_norm=max_norm).optimizer(theta, num_steps)
+                             max_norm=max_norm)._replace(
+        grad_rms_range=grad_rms_range).optimizer(theta, num_steps)

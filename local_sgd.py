@@ -130,6 +130,7 @@ class GlobalUpdate(NamedTuple):
     needs_loss: bool = False
     all_deltas: bool = False
     max_norm: float = 0.0    # no lopt.bound_norm: the learned residual is bounded itself
+    grad_rms_range: Any = None   # no lopt.scale_gradients: pseudo-gradients as they come
 
     optimizer = LearnedOptimizer.optimizer   # as optax on pseudo-gradients (lopt.as_optax)
 

@@ -27,20 +27,38 @@ import optax
 import features
 
 
+# The loss's scale (scale_gradients, below; ours, part of every shipped learned optimizer at
+# use). The learned rules read raw gradients through fixed constants (ε = 1e-6 in
+# m·rsqrt(v + ε), 1e-5 in each feature column's normalization, as the reference code has them),
+# so unlike Adam they are not invariant to the loss's scale: with a small tanh regression's loss
+# × 1e-4, Celo ended 3,000× higher than at × 1 (Adam: 1.1×), and Celo2-base, whose normalized
+# output then follows its MLP's bias, above its start. So the rule runs on c·L instead of L, c
+# fixed at the first nonzero gradient: c = clip(r, lo, hi) / r, r the RMS of that gradient over
+# all parameters. Inside [lo, hi] c = r / r = 1 and every step is unchanged (to float32
+# rounding: XLA may fuse the step differently); outside, the rule sees the problem at the
+# nearest scale it knows. [1e-4, 1] holds the first
+# gradients of Celo's meta-training task (≈ 1e-2) and of every VALIDATION task (3.7e-4 …
+# 4.6e-2), with room on both sides.
+GRAD_RMS_RANGE = (1e-4, 1.0)
+
+
 class LearnedOptimizer(NamedTuple):
     """A learned optimizer as the scripts see it (the contract in the module docstring).
-    `optimizer()` is the step as used: wrapped in scale_gradients, in bound_norm(·, max_norm)
-    when max_norm > 0, and in portable (`step` itself, which meta-training unrolls, has none
-    of them)."""
+    `optimizer()` is the step as used: wrapped in scale_gradients(·, grad_rms_range) unless
+    that is None, in bound_norm(·, max_norm) when max_norm > 0, and in portable (`step`
+    itself, which meta-training unrolls, has none of them)."""
     name: str
     init_meta_params: Callable[..., Any]
     init: Callable[..., Any]
     step: Callable[..., Any]
     needs_loss: bool = False
     max_norm: float = 0.0
+    grad_rms_range: Any = GRAD_RMS_RANGE    # None: the raw gradients (the reference step)
 
     def optimizer(self, theta, num_steps):
-        tx = scale_gradients(as_optax(self, theta, num_steps))
+        tx = as_optax(self, theta, num_steps)
+        if self.grad_rms_range is not None:
+            tx = scale_gradients(tx, self.grad_rms_range)
         return portable(bound_norm(tx, self.max_norm) if self.max_norm > 0 else tx)
 
 
@@ -64,18 +82,6 @@ def as_optax(lopt, theta, num_steps):
 
 
 # ----------------------------------------------------------------------------- the loss's scale
-
-# Ours, part of every shipped learned optimizer at use. The learned rules read raw gradients
-# through fixed constants (ε = 1e-6 in m·rsqrt(v + ε), 1e-5 in each feature column's
-# normalization, as the reference code has them), so unlike Adam they are not invariant to the
-# loss's scale: with a small tanh regression's loss × 1e-4, Celo ended 3,000× higher than at
-# × 1 (Adam: 1.1×), and Celo2-base, whose normalized output then follows its MLP's bias, above
-# its start. So the rule runs on c·L instead of L, c fixed at the first nonzero gradient:
-# c = clip(r, lo, hi) / r, r the RMS of that gradient over all parameters. Inside [lo, hi]
-# c = r / r = 1 and every step is unchanged, bit for bit; outside, the rule sees the problem at
-# the nearest scale it knows. [1e-4, 1] holds the first gradients of Celo's meta-training task
-# (≈ 1e-2) and of every VALIDATION task (3.7e-4 … 4.6e-2), with room on both sides.
-GRAD_RMS_RANGE = (1e-4, 1.0)
 
 
 def _forwarded_eta(state):

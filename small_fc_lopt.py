@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import LearnedOptimizer, init_mlp, map_tensors, per_parameter_mlp
+from lopt import GRAD_RMS_RANGE, LearnedOptimizer, init_mlp, map_tensors, per_parameter_mlp
 
 STEP_MULT = 1e-3     # λ1 (Celo Eq. (2); reference default; μLO uses 0.01 for μLO_M)
 EXP_MULT = 1e-3      # λ2 (Celo Eq. (2))
@@ -92,6 +92,9 @@ def learned_optimizer(hidden=HIDDEN, step_mult=STEP_MULT, exp_mult=EXP_MULT,
                             partial(step, step_mult=step_mult, exp_mult=exp_mult))
 
 
-def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT):
-    """small_fc_lopt with meta-parameters θ as an optax transformation."""
-    return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult).optimizer(theta, num_steps)
+def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT,
+              grad_rms_range=GRAD_RMS_RANGE):
+    """small_fc_lopt with meta-parameters θ as an optax transformation (grad_rms_range=None:
+    the raw gradients, lopt.scale_gradients off)."""
+    return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult)._replace(
+        grad_rms_range=grad_rms_range).optimizer(theta, num_steps)

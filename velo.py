@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
+from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
                   init_mlp_with_direction, lstm_step, map_tensors, param_scale,
                   per_parameter_mlp)
 
@@ -264,12 +264,13 @@ def learned_optimizer(size="small", step_mult=STEP_MULT, exp_mult=EXP_MULT,
 
 
 def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT, min_scale=None,
-              anneal=True, max_norm=MAX_NORM):
+              anneal=True, max_norm=MAX_NORM, grad_rms_range=GRAD_RMS_RANGE):
     """VeLO with meta-parameters θ (any size: step reads the widths from θ) as an optax
     transformation; call `tx.update(grads, state, params, value=loss)`. min_scale=0,
-    anneal=False, max_norm=0: the reference."""
+    anneal=False, max_norm=0, grad_rms_range=None: the reference."""
     return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult, min_scale=min_scale,
-                             anneal=anneal, max_norm=max_norm).optimizer(theta, num_steps)
+                             anneal=anneal, max_norm=max_norm)._replace(
+        grad_rms_range=grad_rms_range).optimizer(theta, num_steps)
 
 
 def theta_from_reference(flat):

@@ -303,19 +303,25 @@ def test_gradients_clipped_at_1000():
 def test_optax_wrapper_agrees_with_raw_step():
     theta = tiny_theta(jax.random.PRNGKey(0))
     params, grads = _problem()
-    tx = velo.optimizer(theta, num_steps=100)                      # sizes read from θ
+    grads = jax.tree.map(lambda g: 0.5 * g, grads)   # RMS inside lopt.GRAD_RMS_RANGE (c = 1)
+    tx = velo.optimizer(theta, num_steps=100, grad_rms_range=None)   # sizes read from θ
+    scaled = velo.optimizer(theta, num_steps=100)    # c = 1: the same steps to float rounding
 
     @jax.jit
-    def both(opt_state, raw_state, params, loss):
+    def both(opt_state, raw_state, scaled_state, params, loss):
         return (tx.update(grads, opt_state, params, value=loss),
-                velo.step(theta, raw_state, params, grads, loss))
+                velo.step(theta, raw_state, params, grads, loss),
+                scaled.update(grads, scaled_state, params, value=loss))
 
-    opt_state, raw_state = tx.init(params), velo.init(theta, params, 100)
+    opt_state, raw_state, scaled_state = (tx.init(params), velo.init(theta, params, 100),
+                                          scaled.init(params))
     for t in range(3):
-        (u1, opt_state), (u2, raw_state) = both(opt_state, raw_state, params,
-                                                jnp.float32(2.0 - 0.3 * t))
+        (u1, opt_state), (u2, raw_state), (u3, scaled_state) = both(
+            opt_state, raw_state, scaled_state, params, jnp.float32(2.0 - 0.3 * t))
         for a, b in zip(jax.tree.leaves((u1, opt_state)), jax.tree.leaves((u2, raw_state))):
             np.testing.assert_array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(u3), jax.tree.leaves(u1)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
         params = optax.apply_updates(params, u1)
     with pytest.raises(ValueError, match="reads the training loss"):
         tx.update(grads, opt_state, params)
