@@ -19,9 +19,8 @@ import optax
 
 import accumulators as acc
 import features
-from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, bound_norm, init_mlp,
-                  init_mlp_with_direction, map_tensors, per_parameter_mlp, portable,
-                  scale_gradients)
+from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, at_use, init_mlp,
+                  init_mlp_with_direction, map_tensors, per_parameter_mlp)
 
 # Structure (static). Celo2 model cards: one MLP with 2 hidden layers of 8 units.
 HIDDEN = 8
@@ -201,10 +200,7 @@ def optimizer(theta, learning_rate=LEARNING_RATE, num_steps=None, weight_decay=W
     tx = optax.chain(scale_by_celo2(theta, harness, labels),
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
-    if grad_rms_range is not None:
-        tx = scale_gradients(tx, grad_rms_range)
-    max_norm = default_max_norm(harness) if max_norm is None else max_norm
-    return portable(bound_norm(tx, max_norm) if max_norm > 0 else tx)
+    return at_use(tx, default_max_norm(harness) if max_norm is None else max_norm, grad_rms_range)
 
 
 # ----------------------------------------------------------------------------- the contract

@@ -56,10 +56,7 @@ class LearnedOptimizer(NamedTuple):
     grad_rms_range: Any = GRAD_RMS_RANGE    # None: the raw gradients (the reference step)
 
     def optimizer(self, theta, num_steps):
-        tx = as_optax(self, theta, num_steps)
-        if self.grad_rms_range is not None:
-            tx = scale_gradients(tx, self.grad_rms_range)
-        return portable(bound_norm(tx, self.max_norm) if self.max_norm > 0 else tx)
+        return at_use(as_optax(self, theta, num_steps), self.max_norm, self.grad_rms_range)
 
 
 def as_optax(lopt, theta, num_steps):
@@ -106,9 +103,7 @@ def scale_gradients(tx, rms_range=GRAD_RMS_RANGE):
 
     def update(grads, state, params=None, **extra):
         def first_scale():
-            leaves = jax.tree.leaves(grads)
-            r = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves)
-                         / max(sum(g.size for g in leaves), 1))
+            r = optax.global_norm(grads) / jnp.sqrt(max(optax.tree_utils.tree_size(grads), 1))
             return jnp.where(r > 0, jnp.clip(r, lo, hi) / jnp.where(r > 0, r, 1.0), 0.0)
         c = jax.lax.cond(state.scale > 0, lambda: state.scale, first_scale)
         c_used = jnp.where(c > 0, c, 1.0)                     # before any nonzero gradient: 1
@@ -201,7 +196,7 @@ def portable(tx):
         return tx.init(f32(params))
 
     def update(grads, state, params=None, **extra):
-        if "value" in extra and extra["value"] is not None:
+        if extra.get("value") is not None:
             extra["value"] = jnp.asarray(extra["value"], jnp.float32)
         updates, state = tx.update(f32(grads), state, None if params is None else f32(params),
                                    **extra)
@@ -210,6 +205,17 @@ def portable(tx):
                                   for g, u in zip(leaves, treedef.flatten_up_to(updates))]), state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def at_use(tx, max_norm, grad_rms_range):
+    """The guards a shipped learned optimizer wears at use, innermost first: scale_gradients
+    (unless grad_rms_range is None), bound_norm (when max_norm > 0), portable. The one place
+    that orders them (LearnedOptimizer.optimizer and celo2.optimizer call it)."""
+    if grad_rms_range is not None:
+        tx = scale_gradients(tx, grad_rms_range)
+    if max_norm > 0:
+        tx = bound_norm(tx, max_norm)
+    return portable(tx)
 
 
 def cosine_anneal(t, num_steps, start, end):
