@@ -52,12 +52,19 @@ NUM_OUTPUTS = 2           # d, m (the reference's third output is never read: dr
 LSTM_HIDDEN = 64          # scheduler LSTM width (the published θ; reference default 128)
 NUM_RULE_INPUTS = features.NUM_VELO_FEATURES                                  # 30
 NUM_SCHEDULER_INPUTS = len(features.PROGRESS_SHIFTS) + acc.NUM_LOSS_EMAS - 1  # 9 + 9 = 18
-# Ours: the rule starts as a relative-step Adam, d = RULE_INIT_SCALE · n(m_0.9/√v), i.e. steps of
-# 1e-3·10 = 1% of the tensor's RMS (lopt.init_mlp_with_direction). Untrained, it scores
-# 0.47 / 0.77 / 0.81 / 0.57 (median, quick suite, 500 steps) at scales 2 / 5 / 10 / 20; from the
-# paper's random init ("random"), 7,000 CPU meta-steps reached only 0.2 there (README, Celo).
-RULE_INIT = "adam"
+# Ours: the rule starts as a relative-step Adafactor, d = RULE_INIT_SCALE · n(x), x = the momentum
+# m_0.9 over Adafactor's factored second moment, i.e. steps of 1e-3·10 = 1% of the tensor's RMS
+# (lopt.init_mlp_with_direction). "adam" starts from Adam's m_0.9/√v instead (the earlier default,
+# `--opt celo_adam_init`): untrained, it scores 0.47 / 0.77 / 0.81 / 0.57 (median, quick suite, 500
+# steps) at scales 2 / 5 / 10 / 20; from the paper's random init ("random"), 7,000 CPU meta-steps
+# reached only 0.2 there (README, Celo). Chosen on VALIDATION: after the same 5000 meta-steps,
+# "adafactor" 1.112 / 1.092 (median, 1000 / 400 steps), "adam" 1.084 / 1.072 (docs/celo.md).
+RULE_INIT = "adafactor"
 RULE_INIT_SCALE = 10.0
+# The direction each rule_init starts from: Adafactor's momentum (the published rule leans on it
+# and on the Adafactor-normalized gradient nearly as much as on Adam's direction) or Adam's.
+RULE_INIT_DIRECTIONS = {"adam": features.VELO_ADAM_DIRECTION,
+                        "adafactor": features.column_index(features.VELO_GROUPS, "fac_mom", 0)}
 # Ours: stage 2 starts from a scheduler fitted (fit_scheduler) to a cosine decay of η from
 # PRIOR_ETA[0] to PRIOR_ETA[1] over the run. A scheduler that starts flat at η ≈ 1 did not learn
 # to anneal in 8,000 CPU meta-steps; the published one did in 100K. (1.0, 0.03) was chosen over
@@ -76,11 +83,12 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
                      rule_init=RULE_INIT):
     """θ at meta-initialization: haiku's defaults (truncated normal 1/sqrt(fan_in), zero biases,
     zero initial LSTM state), as the reference's `Celo.init`, except (ours) the scheduler's output
-    bias ln(1/α) (OUT_BIAS_INIT), so that stage 2 starts from stage 1's η ≡ 1, and, with
-    rule_init="adam", a rule that starts as a relative-step Adam (RULE_INIT_SCALE).
+    bias ln(1/α) (OUT_BIAS_INIT), so that stage 2 starts from stage 1's η ≡ 1, and a rule that
+    starts as a relative-step Adafactor (rule_init="adafactor") or Adam ("adam"), RULE_INIT_SCALE.
     rule_init="random" is the reference's all-random rule."""
-    if rule_init not in ("adam", "random"):
-        raise ValueError(f"rule_init must be 'adam' or 'random', got {rule_init!r}")
+    if rule_init not in ("random", *RULE_INIT_DIRECTIONS):
+        raise ValueError(f"rule_init must be one of random, {', '.join(RULE_INIT_DIRECTIONS)}, "
+                         f"got {rule_init!r}")
     k_rule, k_mix, k_proj, k_lstm, k_out = jax.random.split(key, 5)
     sizes = (NUM_RULE_INPUTS,) + (hidden,) * hidden_layers + (NUM_OUTPUTS,)
     linear = lambda k, n_in, n_out: {"w": init_mlp(k, (n_in, n_out))["w0"],
@@ -92,9 +100,9 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
                          "b": jnp.full((1,), OUT_BIAS_INIT, jnp.float32)},
                  "h0": jnp.zeros((lstm_hidden,), jnp.float32),
                  "c0": jnp.zeros((lstm_hidden,), jnp.float32)}
-    rule = (init_mlp_with_direction(k_rule, sizes, features.VELO_ADAM_DIRECTION,
-                                    RULE_INIT_SCALE)
-            if rule_init == "adam" else init_mlp(k_rule, sizes))
+    rule = (init_mlp(k_rule, sizes) if rule_init == "random" else
+            init_mlp_with_direction(k_rule, sizes, RULE_INIT_DIRECTIONS[rule_init],
+                                    RULE_INIT_SCALE))
     return {"rule": rule, "scheduler": scheduler}
 
 

@@ -93,10 +93,13 @@ OPTIMIZERS = {
     "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small", **kw),
                    settings=CELO_OUTER + (("meta_steps", 1500),), stages=VELO_STAGES,
                    shipped="velo_small.npz"),
-    # The papers' random meta-initialization (ours starts from a relative-step Adam: celo.py
-    # RULE_INIT, velo.py META_INIT), for the ablation in the README.
+    # The papers' random meta-initialization (ours starts Celo's rule as a relative-step
+    # Adafactor, celo.py RULE_INIT, and VeLO's bank as a relative-step Adam, velo.py META_INIT),
+    # and Celo's earlier start from a relative-step Adam, for the ablations in docs/celo.md.
     "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
                                settings=CELO_SETTINGS, stages=CELO_STAGES),
+    "celo_adam_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adam", **kw),
+                             settings=CELO_SETTINGS, stages=CELO_STAGES),
     "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
                                                                          meta_init="random", **kw),
                                stages=VELO_STAGES,

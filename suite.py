@@ -28,7 +28,8 @@ class EvaluateError(Exception):
 # task_families.sample_task_family draws uniform widths {16,32,64,128}, depths 1–3, activations
 # relu/tanh/gelu/sigmoid/elu, batch sizes {32,64,128}, convs with 3×3 kernels, AEs
 # (32,8,32)/(64,16,64)/(128,32,128), 2-head LMs with hidden = 2·embed, teacher–student with
-# in_dim ≤ 32, width ≤ 64, depth ≤ 2 and no noise).
+# in_dim ≤ 32, width ≤ 64, depth ≤ 2 and no noise, and "memorization" MLPs of those widths, depth
+# ≤ 2, fitting 256–2048 images with 0–40% of their labels drawn at random).
 # Every task below differs from that support in at least one structural option (test-checked).
 # VALIDATION chooses recipes and checkpoints; TEST is only reported. No (dataset, architecture)
 # signature is in both (test-checked), so a choice made on VALIDATION meets new data or a new
@@ -92,6 +93,11 @@ TEST: dict[str, SuiteTask] = {
                                  1, "least squares 32→1 from all-zero weights and bias"),
     "fmnist8_logreg_zero": SuiteTask("logistic_regression", dict(dataset=F8, batch_size=128),
                                      1, "multinomial logistic regression from all-zero w, b"),
+    "fmnist16_mlp_w2048_sub1024_noisy": SuiteTask("image_mlp", dict(dataset=F16, hidden=(2048,),
+                                                                    batch_size=128, subset=1024,
+                                                                    label_noise=0.3),
+                                                  1, "memorization: 256→2048→10 fitting 1024 "
+                                                  "images, 30% of them relabelled at random"),
     "fmnist16_mlp_6x64_relu": SuiteTask("image_mlp", dict(dataset=F16, hidden=(64,) * 6,
                                                           activation="relu", batch_size=64),
                                         1, "deep plain ReLU MLP, 6×64, no normalization; "
@@ -124,6 +130,11 @@ VALIDATION: dict[str, SuiteTask] = {
                                                              batch_size=64),
                                            LONG_HORIZON, f"{LONG_HORIZON}× the base horizon, "
                                            "MLP 64→32 on inverted 8×8 images"),
+    "fmnist8c5_mlp_w1024_sub1024_noisy": SuiteTask("image_mlp", dict(dataset=F8C5, hidden=(1024,),
+                                                                     batch_size=64, subset=1024,
+                                                                     label_noise=0.3),
+                                                   1, "memorization: 64→1024→5 fitting 1024 "
+                                                   "images, 30% of them relabelled at random"),
     "devil_reversed_lm_ctx24": SuiteTask("byte_lm", dict(context=24, embed=24, hidden=96,
                                                          layers=1, heads=2, batch_size=24,
                                                          reverse=True),
@@ -140,7 +151,9 @@ FAMILIES = {"image_mlp": "MLP classifier", "image_conv": "conv net", "byte_lm": 
 
 def family(name: str) -> str:
     entry = HELD_OUT[name]
-    return "long horizon" if entry.horizon > 1 else FAMILIES[entry.builder]
+    if entry.horizon > 1:
+        return "long horizon"
+    return "memorization" if entry.kwargs.get("subset") else FAMILIES[entry.builder]
 
 
 def family_scores(result: dict) -> dict[str, dict]:

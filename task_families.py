@@ -40,8 +40,8 @@ def celo_meta_training_tasks(datasets: Sequence[str] | None = None) -> list[Task
 
 # The documented distribution of sample_task_family: kinds with probabilities, then per kind a
 # uniform choice of each structural option below. All are small and CPU-cheap.
-FAMILY_KIND_PROBS = {"image_mlp": 0.5, "image_conv": 0.15, "image_autoencoder": 0.1,
-                     "teacher_student": 0.15, "byte_lm": 0.1}
+FAMILY_KIND_PROBS = {"image_mlp": 0.45, "image_conv": 0.15, "image_autoencoder": 0.1,
+                     "teacher_student": 0.15, "byte_lm": 0.1, "memorization": 0.05}
 FAMILY_DATASETS = ("fashion_mnist_8x8", "fashion_mnist_16x16", "fashion_mnist_8x8_inverted",
                    "fashion_mnist_8x8_5class")
 FAMILY_WIDTHS = (16, 32, 64, 128)       # image MLP width (all hidden layers alike)
@@ -52,6 +52,8 @@ FAMILY_LAYERNORM_PROB = 0.25
 FAMILY_CONV_CHANNELS = ((8, 16), (16, 32), (16, 16, 32))
 FAMILY_AE_HIDDEN = ((32, 8, 32), (64, 16, 64), (128, 32, 128))
 FAMILY_TS = {"in_dim": (8, 16, 32), "width": (16, 32, 64), "depth": (1, 2), "out_dim": (1, 4, 8)}
+FAMILY_MEMORIZATION = {"subset": (256, 512, 1024, 2048), "label_noise": (0.0, 0.2, 0.4),
+                       "depth": (1, 2)}   # an image MLP fitting a small, partly relabelled set
 FAMILY_LM = {"context": (8, 16), "embed": (16, 32), "layers": (1, 2), "batch_size": (16, 32)}
 
 
@@ -87,6 +89,13 @@ def sample_task_family(seed: int, num_tasks: int, kinds: Sequence[str] | None = 
                              activation=pick(FAMILY_ACTIVATIONS),
                              batch_size=pick(FAMILY_BATCH_SIZES),
                              layernorm=bool(rng.random() < FAMILY_LAYERNORM_PROB))
+        elif kind == "memorization":
+            f = FAMILY_MEMORIZATION
+            width, depth = pick(FAMILY_WIDTHS), pick(f["depth"])
+            task = image_mlp(pick(datasets), hidden=(width,) * depth,
+                             activation=pick(FAMILY_ACTIVATIONS),
+                             batch_size=pick(FAMILY_BATCH_SIZES), subset=pick(f["subset"]),
+                             label_noise=pick(f["label_noise"]))
         elif kind == "image_conv":
             task = image_conv(pick(datasets), channels=pick(FAMILY_CONV_CHANNELS),
                               activation=pick(FAMILY_ACTIVATIONS),

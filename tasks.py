@@ -190,13 +190,37 @@ def _image_sampler(batch_size: int) -> Callable[[Data, PRNGKey], Batch]:
     return sample_batch
 
 
+def small_training_set(data: Data, num_classes: int, subset: int, label_noise: float) -> Data:
+    """The first `subset` rows of image data, a fraction `label_noise` of them (fixed rows, numpy
+    seed 0) relabelled with uniformly drawn classes: a problem whose training loss can be driven
+    far below what the full dataset allows, i.e. one that rewards fitting hard (memorization)."""
+    subset = _check_int("subset", subset, 1, int(data["n"]))
+    label_noise = _check_float("label_noise", label_noise, 0.0)
+    if label_noise > 1.0:
+        raise InvalidOptionError(f"label_noise must be a fraction in [0, 1], got {label_noise}")
+    rng = np.random.default_rng(0)  # numpy: the problem, not the run's seed
+    y = np.array(data["y"][:subset])
+    rows = rng.permutation(subset)[:round(label_noise * subset)]
+    y[rows] = rng.integers(0, num_classes, len(rows))
+    return {"x": data["x"][:subset], "y": jnp.asarray(y, jnp.int32),
+            "n": jnp.asarray(subset, jnp.int32)}
+
+
 def image_mlp(dataset: str = "fashion_mnist_8x8", hidden: Sequence[int] = (32,),
               activation: str = "relu", batch_size: int = 64, layernorm: bool = False,
-              split: str = "train") -> Task:
-    """Flattened image → MLP → softmax cross-entropy (Celo App. A.4; App. A.5 tasks 1–3)."""
+              split: str = "train", subset: int = 0, label_noise: float = 0.0) -> Task:
+    """Flattened image → MLP → softmax cross-entropy (Celo App. A.4; App. A.5 tasks 1–3).
+
+    subset > 0 trains on the first `subset` images only, `label_noise` of them relabelled at
+    random (small_training_set): a memorization problem."""
     hidden = _check_widths("hidden", hidden)
     activation = _choose("activation", activation, ACTIVATIONS)
     ds, data, batch_size = _image_dataset_args(dataset, split, batch_size)
+    subset = _check_int("subset", subset, 0)
+    if subset:
+        data = small_training_set(data, ds.num_classes, subset, label_noise)
+    elif label_noise:
+        raise InvalidOptionError("label_noise needs subset > 0 (the relabelled training set)")
     sizes = (int(np.prod(ds.x.shape[1:])), *hidden, ds.num_classes)
     depth, layernorm = len(hidden), bool(layernorm)
 
@@ -209,8 +233,9 @@ def image_mlp(dataset: str = "fashion_mnist_8x8", hidden: Sequence[int] = (32,),
         x = batch["x"].reshape(batch["x"].shape[0], -1)
         return cross_entropy(mlp_apply(params, x, depth, activation, layernorm), batch["y"])
 
+    small = f"_sub{subset}_noise{label_noise:g}" if subset else ""
     name = (f"mlp_{dataset}_{'x'.join(map(str, hidden))}_{activation}"
-            f"{'_ln' if layernorm else ''}_bs{batch_size}{_split_suffix(split)}")
+            f"{'_ln' if layernorm else ''}_bs{batch_size}{_split_suffix(split)}{small}")
     return _task(name, init, loss, _image_sampler(batch_size), data,
                 _classification_cap(ds.num_classes))
 

@@ -54,6 +54,7 @@ import registry
 from registry import OPTIMIZERS, ConfigError, make_problem, prepare_task, recipe, run_dir
 import run_log   # run_log.STAMP by its module: a str imported here would read as a setting
 from run_log import Progress, csv_path, plot_meta_loss, plot_path, read_csv, set_aside, write_csv
+import suite
 import task_families
 import tasks
 
@@ -99,7 +100,8 @@ grad_clip = 1.0            # global-norm clip of the PES gradient before AdamW. 
                            # ~1/(1−β₂) steps. Ablated for Celo: same meta-loss and held-out
                            # score without it (docs/celo.md), kept as a guard; 0 or inf: no clip
 save_every_s = 120.0       # checkpoint every so many seconds, and on Ctrl-C / SIGTERM
-eval_tasks = "quick"       # held-out comparison printed at the end (evaluate.py task names)
+eval_tasks = "quick"       # held-out comparison printed at the end (evaluate.py task names;
+                           # "": none)
 eval_steps = 500           # inner steps per held-out task in that comparison (0: skip it)
 eval_seeds = 2             # seeds per held-out task in that comparison
 SETTINGS = {k: v for k, v in dict(globals()).items()
@@ -158,6 +160,11 @@ def check(cfg):
                               f"{', '.join(task_families.FAMILY_KIND_PROBS)}")
     if cfg["max_horizon"] < cfg["min_horizon"]:
         raise ConfigError("--max-horizon must be ≥ --min-horizon")
+    if cfg["eval_tasks"] and cfg["eval_steps"] > 0:   # a bad name fails now, not after the run
+        try:
+            suite.resolve_tasks(cfg["eval_tasks"])
+        except suite.EvaluateError as e:
+            raise ConfigError(f"--eval-tasks: {e}") from None
     if not (cfg["sigma"] > 0 and cfg["meta_lr"] > 0):
         raise ConfigError("--sigma and --meta-lr must be > 0")
     if cfg["resume"] and cfg["init"]:
@@ -556,9 +563,8 @@ def main(argv=None):
         return 2
     if not finished:
         return 130
-    if cfg["eval_steps"] > 0 and jax.process_index() == 0:   # multi-host: process 0 evaluates
-        import evaluate
-        import suite
+    if cfg["eval_tasks"] and cfg["eval_steps"] > 0 and jax.process_index() == 0:
+        import evaluate   # multi-host: process 0 evaluates
         names = suite.resolve_tasks(cfg["eval_tasks"])
         result = evaluate.compare(cfg["opt"], theta, names, cfg["eval_steps"], cfg["eval_seeds"])
         print(evaluate.format_table(result))

@@ -203,11 +203,11 @@ def test_untrained_theta_and_eta0():
     assert 0.5 < float(eta) < 2.0
 
 
-def test_default_rule_starts_as_relative_adam():
-    """rule_init="adam" (ours): d = 10 · x₇ / sqrt(1e-5 + mean x₇²) exactly, x₇ = m_0.9·rsqrt(v)
-    (Adam's direction, normalized over the tensor), so a fresh θ steps
-    Δp = −1e-3·10·n(x₇)·exp(1e-3·m)·rms(p)·η; the m output stays random."""
-    theta = INIT_THETA(jax.random.PRNGKey(3))
+def test_adam_rule_init_starts_as_relative_adam():
+    """rule_init="adam" (ours, `--opt celo_adam_init`): d = 10 · x₇ / sqrt(1e-5 + mean x₇²)
+    exactly, x₇ = m_0.9·rsqrt(v) (Adam's direction, normalized over the tensor), so a fresh θ
+    steps Δp = −1e-3·10·n(x₇)·exp(1e-3·m)·rms(p)·η; the m output stays random."""
+    theta = celo.init_meta_params(jax.random.PRNGKey(3), rule_init="adam")
     assert features.VELO_ADAM_DIRECTION == 7
     rng = np.random.RandomState(5)
     for shape in [(20, 30), (7,)]:
@@ -225,6 +225,28 @@ def test_default_rule_starts_as_relative_adam():
         assert float(jnp.std(m)) > 0.0
     with pytest.raises(ValueError, match="rule_init"):
         celo.init_meta_params(jax.random.PRNGKey(0), rule_init="xavier")
+
+
+def test_default_rule_starts_as_relative_adafactor():
+    """The default rule_init="adafactor" (ours): d = 10 · n(x₂₇), x₂₇ = m_0.9 over the factored
+    second moment (Adafactor with momentum), for a matrix and a vector."""
+    assert celo.RULE_INIT == "adafactor"
+    theta = INIT_THETA(jax.random.PRNGKey(3))
+    col = celo.RULE_INIT_DIRECTIONS["adafactor"]
+    assert features.column_index(features.VELO_GROUPS, "fac_mom", 0) == col == 27
+    rng = np.random.RandomState(6)
+    for shape in [(20, 30), (7,)]:
+        p = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        s = acc.init_tensor(p)
+        for i in range(3):
+            g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+            s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,
+                                  acc.ADAFACTOR_DECAYS)
+        x = np.asarray(features.velo_features(p, g, s)[..., col], np.float64)
+        assert np.std(x) > 0
+        d, _ = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
+        np.testing.assert_allclose(d, 10.0 * x / np.sqrt(1e-5 + np.mean(x ** 2)), rtol=1e-4,
+                                   atol=1e-5)
 
 
 def noisy(theta, rng, scale=0.5):

@@ -256,9 +256,12 @@ def in_meta_training_family(entry):
     k = {**builder_defaults(entry.builder), **entry.kwargs}
     uniform = lambda h: len(set(h)) == 1
     if entry.builder == "image_mlp":
+        mem = task_families.FAMILY_MEMORIZATION
+        small_data = (k["subset"] in mem["subset"] and k["label_noise"] in mem["label_noise"]
+                      and len(k["hidden"]) in mem["depth"] and not k["layernorm"])
+        full_data = k["subset"] == 0 and len(k["hidden"]) in task_families.FAMILY_DEPTHS
         return (k["dataset"] in task_families.FAMILY_DATASETS and uniform(k["hidden"])
-                and k["hidden"][0] in task_families.FAMILY_WIDTHS
-                and len(k["hidden"]) in task_families.FAMILY_DEPTHS
+                and k["hidden"][0] in task_families.FAMILY_WIDTHS and (small_data or full_data)
                 and k["activation"] in task_families.FAMILY_ACTIVATIONS
                 and k["batch_size"] in task_families.FAMILY_BATCH_SIZES)
     if entry.builder == "image_conv":
@@ -296,6 +299,9 @@ def test_suite_is_held_out_and_builds():
     # the check itself can fail: the meta-training task and a family member are detected
     assert in_meta_training_family(suite.SuiteTask("image_mlp", dict(hidden=(32,)), 1, ""))
     assert in_meta_training_family(suite.SuiteTask("byte_lm", {}, 1, ""))
+    assert in_meta_training_family(suite.SuiteTask(
+        "image_mlp", dict(dataset="fashion_mnist_8x8_5class", hidden=(64,), subset=512,
+                          label_noise=0.2), 1, ""))
     assert suite.HELD_OUT == {**suite.VALIDATION, **suite.TEST}
     for name, entry in suite.HELD_OUT.items():
         assert not in_meta_training_family(entry), name

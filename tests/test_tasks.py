@@ -442,6 +442,47 @@ def test_sample_task_family_options():
         task_families.sample_task_family(0, 2, kinds=["rnn"])
 
 
+def test_small_training_set_memorization_task():
+    full = tasks.image_mlp("fashion_mnist_8x8", hidden=(16,))
+    task = tasks.image_mlp("fashion_mnist_8x8", hidden=(16,), subset=200, label_noise=0.5)
+    assert int(task.data["n"]) == 200 and task.data["x"].shape[0] == 200
+    np.testing.assert_array_equal(task.data["x"], full.data["x"][:200])
+    relabelled = np.asarray(task.data["y"]) != np.asarray(full.data["y"][:200])
+    assert 60 <= relabelled.sum() <= 100      # 100 rows drawn anew, ~1/10 keep their class
+    again = tasks.image_mlp("fashion_mnist_8x8", hidden=(16,), subset=200, label_noise=0.5)
+    np.testing.assert_array_equal(again.data["y"], task.data["y"])   # a fixed problem
+    rows = jax.vmap(lambda k: task.sample_batch(task.data, k)["x"])(
+        jax.random.split(jax.random.PRNGKey(0), 50))
+    assert len(np.unique(np.asarray(rows).reshape(-1, 64), axis=0)) <= 200  # only the subset
+    clean = tasks.image_mlp("fashion_mnist_8x8", hidden=(16,), subset=200)
+    np.testing.assert_array_equal(clean.data["y"], full.data["y"][:200])
+    assert task.name.endswith("_sub200_noise0.5") and clean.name != full.name
+    for bad in (dict(label_noise=0.2), dict(subset=200, label_noise=1.5),
+                dict(subset=10 ** 9), dict(subset=-1)):
+        with pytest.raises(tasks.InvalidOptionError):
+            tasks.image_mlp("fashion_mnist_8x8", **bad)
+
+
+def test_memorization_family_member_trains():
+    """A new task-family member builds, trains a few steps with Adam and lowers its loss."""
+    task, = task_families.sample_task_family(0, 1, kinds=["memorization"])
+    assert "_sub" in task.name and int(task.data["n"]) in task_families.FAMILY_MEMORIZATION[
+        "subset"]
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def run(params):
+        def body(carry, t):
+            p, s = carry
+            loss, g = jax.value_and_grad(task.loss)(
+                p, task.sample_batch(task.data, jax.random.PRNGKey(t)))
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+        return jax.lax.scan(body, (params, tx.init(params)), jnp.arange(200))[1]
+    losses = np.asarray(run(task.init(jax.random.PRNGKey(0))))
+    assert losses[-20:].mean() < 0.8 * losses[:5].mean()
+
+
 # ---- task augmentation (Celo §3 Eqs. (7)–(10)) ------------------------------------------------
 PARAMS = {"a/w": jnp.ones((3, 4)), "a/b": jnp.ones((4,)), "c/w": jnp.ones((5, 2))}
 

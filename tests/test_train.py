@@ -381,3 +381,7 @@ def test_task_sets_celo_family_and_both_with_restricted_kinds():
     assert [g[0].name for g in family] == [t.name for t in drawn]
     with pytest.raises(train.ConfigError, match="--family-kinds: unknown kind 'cnn'"):
         train.resolve({"opt": "celo", "family_kinds": "cnn"})
+    # the held-out comparison at the end: a bad name fails before meta-training, "" skips it
+    with pytest.raises(train.ConfigError, match="--eval-tasks: unknown task 'tset'"):
+        train.resolve({"opt": "celo", "eval_tasks": "tset"})
+    assert train.resolve({"opt": "celo", "eval_tasks": ""})["eval_tasks"] == ""
