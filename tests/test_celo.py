@@ -203,6 +203,24 @@ def test_untrained_theta_and_eta0():
     assert 0.5 < float(eta) < 2.0
 
 
+def three_steps(shape, rng):
+    """A tensor, its last gradient and its accumulators after three random gradients."""
+    p = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    s = acc.init_tensor(p)
+    for _ in range(3):
+        g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS, acc.ADAFACTOR_DECAYS)
+    return p, g, s
+
+
+def assert_rule_starts_along(theta, x, p, g, s):
+    """Output d of a fresh rule is exactly 10 · x normalized over the tensor; m stays random."""
+    d, m = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
+    np.testing.assert_allclose(d, 10.0 * x / np.sqrt(1e-5 + np.mean(x ** 2)), rtol=1e-4,
+                               atol=1e-5)
+    assert float(jnp.std(m)) > 0.0
+
+
 def test_adam_rule_init_starts_as_relative_adam():
     """rule_init="adam" (ours, `--opt celo_adam_init`): d = 10 · x₇ / sqrt(1e-5 + mean x₇²)
     exactly, x₇ = m_0.9·rsqrt(v) (Adam's direction, normalized over the tensor), so a fresh θ
@@ -211,18 +229,10 @@ def test_adam_rule_init_starts_as_relative_adam():
     assert features.VELO_ADAM_DIRECTION == 7
     rng = np.random.RandomState(5)
     for shape in [(20, 30), (7,)]:
-        p = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        s = acc.init_tensor(p)
-        for i in range(3):
-            g = jnp.asarray(rng.normal(size=shape), jnp.float32)
-            s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,
-                                      acc.ADAFACTOR_DECAYS)
+        p, g, s = three_steps(shape, rng)
         x = np.asarray(s.m[..., 0] / np.sqrt(np.asarray(s.rms[..., 0]) + features.RMS_EPS),
                        np.float64)
-        d, m = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
-        np.testing.assert_allclose(d, 10.0 * x / np.sqrt(1e-5 + np.mean(x ** 2)), rtol=1e-4,
-                                   atol=1e-5)
-        assert float(jnp.std(m)) > 0.0
+        assert_rule_starts_along(theta, x, p, g, s)
     with pytest.raises(ValueError, match="rule_init"):
         celo.init_meta_params(jax.random.PRNGKey(0), rule_init="xavier")
 
@@ -236,17 +246,10 @@ def test_default_rule_starts_as_relative_adafactor():
     assert features.column_index(features.VELO_GROUPS, "fac_mom", 0) == col == 27
     rng = np.random.RandomState(6)
     for shape in [(20, 30), (7,)]:
-        p = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        s = acc.init_tensor(p)
-        for i in range(3):
-            g = jnp.asarray(rng.normal(size=shape), jnp.float32)
-            s = acc.update_tensor(s, g, acc.MOMENTUM_DECAYS, acc.RMS_DECAYS,
-                                  acc.ADAFACTOR_DECAYS)
+        p, g, s = three_steps(shape, rng)
         x = np.asarray(features.velo_features(p, g, s)[..., col], np.float64)
         assert np.std(x) > 0
-        d, _ = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
-        np.testing.assert_allclose(d, 10.0 * x / np.sqrt(1e-5 + np.mean(x ** 2)), rtol=1e-4,
-                                   atol=1e-5)
+        assert_rule_starts_along(theta, x, p, g, s)
 
 
 def noisy(theta, rng, scale=0.5):
