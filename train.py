@@ -160,7 +160,7 @@ def check(cfg):
                               f"{', '.join(task_families.FAMILY_KIND_PROBS)}")
     if cfg["max_horizon"] < cfg["min_horizon"]:
         raise ConfigError("--max-horizon must be ≥ --min-horizon")
-    if cfg["eval_tasks"] and cfg["eval_steps"] > 0:   # a bad name fails now, not after the run
+    if compares(cfg):   # a bad name fails now, not after the run
         try:
             suite.resolve_tasks(cfg["eval_tasks"])
         except suite.EvaluateError as e:
@@ -170,6 +170,11 @@ def check(cfg):
     if cfg["resume"] and cfg["init"]:
         raise ConfigError("--resume continues the run at --out, --init starts a new one from "
                           "another checkpoint: pass one of them")
+
+
+def compares(cfg):
+    """Does the run end with the held-out comparison (eval_tasks named, eval_steps > 0)?"""
+    return bool(cfg["eval_tasks"]) and cfg["eval_steps"] > 0
 
 
 def meta_tasks(cfg, name):
@@ -563,8 +568,8 @@ def main(argv=None):
         return 2
     if not finished:
         return 130
-    if cfg["eval_tasks"] and cfg["eval_steps"] > 0 and jax.process_index() == 0:
-        import evaluate   # multi-host: process 0 evaluates
+    if compares(cfg) and jax.process_index() == 0:   # multi-host: process 0 evaluates
+        import evaluate
         names = suite.resolve_tasks(cfg["eval_tasks"])
         result = evaluate.compare(cfg["opt"], theta, names, cfg["eval_steps"], cfg["eval_seeds"])
         print(evaluate.format_table(result))
