@@ -63,8 +63,7 @@ RULE_INIT = "adafactor"
 RULE_INIT_SCALE = 10.0
 # The direction each rule_init starts from: Adafactor's momentum (the published rule leans on it
 # and on the Adafactor-normalized gradient nearly as much as on Adam's direction) or Adam's.
-RULE_INIT_DIRECTIONS = {"adam": features.VELO_ADAM_DIRECTION,
-                        "adafactor": features.column_index(features.VELO_GROUPS, "fac_mom", 0)}
+RULE_INIT_DIRECTIONS = features.VELO_INIT_DIRECTIONS
 # Ours: stage 2 starts from a scheduler fitted (fit_scheduler) to a cosine decay of η from
 # PRIOR_ETA[0] to PRIOR_ETA[1] over the run. A scheduler that starts flat at η ≈ 1 did not learn
 # to anneal in 8,000 CPU meta-steps; the published one did in 100K. (1.0, 0.03) was chosen over

@@ -101,9 +101,13 @@ def column_index(groups, group, j=0):
     return sum(GROUP_WIDTH.get(g, 1) for g in groups[:groups.index(group)]) + j
 
 
-# Adam's direction m_0.9·rsqrt(v) among VeLO's (and Celo's) features: where Celo's rule and VeLO's
-# bank start (celo.RULE_INIT, velo.META_INIT).
+# Adam's direction m_0.9·rsqrt(v) among VeLO's (and Celo's) features.
 VELO_ADAM_DIRECTION = column_index(VELO_GROUPS, "m_rv", 0)
+# Where a learned rule over VeLO's features can start (ours; celo.RULE_INIT, velo.META_INIT): the
+# column its output d copies, Adam's direction or Adafactor's momentum m_0.9 over the factored
+# second moment (the published Celo rule leans on the latter nearly as much as on Adam's).
+VELO_INIT_DIRECTIONS = {"adam": VELO_ADAM_DIRECTION,
+                        "adafactor": column_index(VELO_GROUPS, "fac_mom", 0)}
 
 
 class Columns(NamedTuple):

@@ -263,7 +263,8 @@ def init_mlp(key, sizes):
 
 
 def init_mlp_with_direction(key, sizes, column, scale):
-    """init_mlp, except that output 0 starts as exactly scale·x[column]: units 0 and 1 of every
+    """init_mlp, except that output 0 starts as exactly scale·x[column] (column: an index, or a
+    mapping {index: weight} for scale·Σ weight·x[index]): units 0 and 1 of every
     hidden layer are reserved for relu(x) and relu(−x) (they pass the ReLUs unchanged and receive
     nothing else), and output 0 reads scale·(relu(x) − relu(−x)) = scale·x from them alone.
     The other units and outputs keep their random weights (minus the reserved inputs).
@@ -274,12 +275,14 @@ def init_mlp_with_direction(key, sizes, column, scale):
     momentum); from the random init, thousands of CPU meta-steps did not find one (Celo)."""
     if len(sizes) < 3 or min(sizes[1:-1]) < 2:
         raise ValueError(f"need ≥ 1 hidden layer of width ≥ 2, got sizes {sizes}")
+    mix = column if isinstance(column, dict) else {column: 1.0}
+    idx, wts = jnp.asarray(list(mix), jnp.int32), jnp.asarray(list(mix.values()), jnp.float32)
     mlp = init_mlp(key, sizes)
     last = len(sizes) - 2
     for i in range(last + 1):
         w, b = mlp[f"w{i}"], mlp[f"b{i}"]
         if i == 0:                                    # unit 0 = x, unit 1 = −x
-            w = w.at[:, 0:2].set(0.0).at[column, 0].set(1.0).at[column, 1].set(-1.0)
+            w = w.at[:, 0:2].set(0.0).at[idx, 0].set(wts).at[idx, 1].set(-wts)
         else:                                         # reserved units feed only themselves
             w = w.at[0:2, :].set(0.0)
         if 0 < i < last:

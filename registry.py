@@ -100,6 +100,10 @@ OPTIMIZERS = {
                                settings=CELO_SETTINGS, stages=CELO_STAGES),
     "celo_adam_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adam", **kw),
                              settings=CELO_SETTINGS, stages=CELO_STAGES),
+    "velo_adafactor_init": Recipe(lambda task, **kw: velo.learned_optimizer(
+                                      "small", meta_init="adafactor", **kw),
+                                  stages=VELO_STAGES,
+                                  settings=CELO_OUTER + (("meta_steps", 1500),)),
     "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
                                                                          meta_init="random", **kw),
                                stages=VELO_STAGES,

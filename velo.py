@@ -110,18 +110,21 @@ def _linear(key, fan_in, fan_out):
 def init_meta_params(key, lstm_hidden=SIZES["small"][0], bank=SIZES["small"][1],
                      meta_init=META_INIT):
     """θ at meta-initialization. meta_init="random": as the reference (haiku defaults, zero
-    initial LSTM state). "adam" (ours, the default): a relative-step Adam to start (META_INIT)."""
-    if meta_init not in ("adam", "random"):
-        raise ValueError(f"meta_init must be 'adam' or 'random', got {meta_init!r}")
+    initial LSTM state). "adam" (ours, the default): a relative-step Adam to start (META_INIT);
+    "adafactor": the same from Adafactor's momentum (features.VELO_INIT_DIRECTIONS)."""
+    if meta_init not in ("random", *features.VELO_INIT_DIRECTIONS):
+        raise ValueError(f"meta_init must be one of random, "
+                         f"{', '.join(features.VELO_INIT_DIRECTIONS)}, got {meta_init!r}")
+    directed = meta_init != "random"
     k_mix, k_proj, k_lstm, k_ctl, k_lr, k_bank = jax.random.split(key, 6)
     sizes = (NUM_MLP_INPUTS,) + (FF_HIDDEN,) * FF_HIDDEN_LAYERS + (FF_OUTPUTS,)
     # Each member: truncated normal σ = 1/sqrt(fan_in) (first layer: fan_in = all 30 inputs).
     member = (partial(init_mlp_with_direction, sizes=sizes,
-                      column=features.VELO_ADAM_DIRECTION, scale=INIT_SCALE)
-              if meta_init == "adam" else partial(init_mlp, sizes=sizes))
+                      column=features.VELO_INIT_DIRECTIONS[meta_init], scale=INIT_SCALE)
+              if directed else partial(init_mlp, sizes=sizes))
     bank_mlps = jax.vmap(member)(jax.random.split(k_bank, bank))
     controls, lr_mult = _linear(k_ctl, lstm_hidden, bank), _linear(k_lr, lstm_hidden, 1)
-    if meta_init == "adam":   # mixed MLP = the members' mean, lr_mult = 1, up to small h terms
+    if directed:   # mixed MLP = the members' mean, lr_mult = 1, up to small h terms
         bank_mlps = jax.tree.map(lambda w: w / (MIX_SCALE * CONTROLS_INIT), bank_mlps)
         controls = {"w": controls["w"] * CONTROLS_INIT_SHRINK,
                     "b": jnp.full((bank,), CONTROLS_INIT, jnp.float32)}

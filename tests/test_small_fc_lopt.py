@@ -166,6 +166,17 @@ def test_init_mlp_with_direction_starts_as_scale_times_one_input():
         lopt.init_mlp_with_direction(jax.random.PRNGKey(1), (30, 1, 2), 7, 10.0)
 
 
+def test_init_mlp_with_direction_mixture_of_inputs():
+    """column={i: w_i}: output 0 = scale·Σ w_i·x[i] exactly, and no other input reaches it."""
+    x = jax.random.normal(jax.random.PRNGKey(2), (50, 30))
+    mlp = lopt.init_mlp_with_direction(jax.random.PRNGKey(1), (30, 4, 4, 2), {7: 0.3, 27: 0.7},
+                                       10.0)
+    y = lopt.apply_mlp(mlp, x)
+    np.testing.assert_allclose(y[:, 0], 10.0 * (0.3 * x[:, 7] + 0.7 * x[:, 27]), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(lopt.apply_mlp(mlp, x.at[:, 3].add(1.0))[:, 0], y[:, 0])
+
+
 def test_column_index_matches_feature_order():
     assert features.column_index(features.VELO_GROUPS, "m_rv", 0) == 7
     assert features.column_index(features.ADAFAC_GROUPS, "m_rv", 2) == 8
