@@ -27,7 +27,7 @@ import accumulators as acc
 import features
 from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
                   init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
-from lopt import param_scale as lopt_param_scale
+from lopt import PARAM_SCALE_EPS, param_scale as lopt_param_scale
 
 # Fixed scalars of Algorithm 1 (Celo, arXiv 2501.12670, Alg. 1 line 2) and the reference code
 # (amoudgl/celo).
@@ -39,7 +39,6 @@ OUT_BIAS_INIT = -float(jnp.log(ALPHA))  # ours: out.b = ln(1/α) at init, so a f
                           # starts at η ≈ α = 0.1 and unlearns the 10× over 100K stage-2 steps;
                           # with a CPU budget of a few thousand steps that gap would not close.
 GRAD_CLIP = 1000.0        # g ← clip(g, ±1000) before everything (reference, amoudgl/celo)
-PARAM_SCALE_EPS = 1e-9    # rms(p) = sqrt(mean(p²) + 1e-9) (reference)
 MIN_PARAM_SCALE = 0.1     # ours: scale = max(rms(p), MIN_PARAM_SCALE), so a tensor that
                           # starts at zero moves (reference: 0, i.e. steps of ~1e-3·3e-5 there);
                           # a step is then at least ≈ 1e-4·d·η, Adam-sized. 0.1 beat 0.01 and 0.03

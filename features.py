@@ -107,7 +107,14 @@ VELO_ADAM_DIRECTION = column_index(VELO_GROUPS, "m_rv", 0)
 # column its output d copies, Adam's direction or Adafactor's momentum m_0.9 over the factored
 # second moment (the published Celo rule leans on the latter nearly as much as on Adam's).
 VELO_INIT_DIRECTIONS = {"adam": VELO_ADAM_DIRECTION,
-                        "adafactor": column_index(VELO_GROUPS, "fac_mom", 0)}
+                        "adafactor": column_index(VELO_GROUPS, "fac_mom", 0),
+                        # d = Σ w·n(x): Adam's direction at β1 0.9 and 0.99, the
+                        # Adafactor-normalized gradient and Adafactor's momentum, about as the
+                        # published Celo rule weighs them (docs/celo.md)
+                        "blend": {VELO_ADAM_DIRECTION: 0.3,
+                                  column_index(VELO_GROUPS, "fac_g", 0): 0.25,
+                                  column_index(VELO_GROUPS, "fac_mom", 0): 0.25,
+                                  column_index(VELO_GROUPS, "m_rv", 1): 0.2}}
 
 
 class Columns(NamedTuple):

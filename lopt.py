@@ -225,7 +225,10 @@ def cosine_anneal(t, num_steps, start, end):
     return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
 
 
-def param_scale(p, eps, min_scale=0.0):
+PARAM_SCALE_EPS = 1e-9   # rms(p) = sqrt(mean(p²) + 1e-9) (Celo's and VeLO's reference code)
+
+
+def param_scale(p, eps=PARAM_SCALE_EPS, min_scale=0.0):
     """sqrt(mean(p²) + eps), the tensor's RMS that Celo's and VeLO's relative steps multiply,
     floored at min_scale when it is > 0 (ours: a zero-initialized tensor then moves)."""
     rms = jnp.sqrt(jnp.mean(jnp.square(p)) + eps)

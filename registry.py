@@ -79,6 +79,12 @@ VELO_STAGES = (Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
     "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
+    # Ours: small_fc_lopt's network with Celo's relative step and start (small_fc_lopt.py), Celo's
+    # outer recipe; meta-trained with the reference's pure relative step, floor and anneal at use.
+    "small_fc_lopt_relative": Recipe(
+        lambda task, **kw: small_fc_lopt.learned_optimizer(relative=True, **kw),
+        settings=CELO_OUTER + (("meta_steps", 3000),),
+        stages=(Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)),
     # Celo (arXiv 2501.12670, §3, App. A.3): stage 1 learns the update rule with η ≡ 1, stage 2 the
     # scheduler with the rule frozen; outer AdamW at a constant 3e-4 with weight decay 1e-4.
     "celo": Recipe(lambda task, **kw: celo.learned_optimizer(**kw),
@@ -98,6 +104,12 @@ OPTIMIZERS = {
     # and Celo's earlier start from a relative-step Adam, for the ablations in docs/celo.md.
     "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
                                settings=CELO_SETTINGS, stages=CELO_STAGES),
+    "celo_blend_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="blend", **kw),
+                              settings=CELO_SETTINGS, stages=CELO_STAGES),
+    "velo_blend_init": Recipe(lambda task, **kw: velo.learned_optimizer(
+                                  "small", meta_init="blend", **kw),
+                              stages=VELO_STAGES,
+                              settings=CELO_OUTER + (("meta_steps", 1500),)),
     "celo_adam_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adam", **kw),
                              settings=CELO_SETTINGS, stages=CELO_STAGES),
     "velo_adafactor_init": Recipe(lambda task, **kw: velo.learned_optimizer(

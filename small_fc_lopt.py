@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import GRAD_RMS_RANGE, LearnedOptimizer, init_mlp, map_tensors, per_parameter_mlp
+from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_mlp,
+                  init_mlp_with_direction, map_tensors, param_scale, per_parameter_mlp)
 
 STEP_MULT = 1e-3     # λ1 (Celo Eq. (2); reference default; μLO uses 0.01 for μLO_M)
 EXP_MULT = 1e-3      # λ2 (Celo Eq. (2))
@@ -19,6 +20,16 @@ HIDDEN = 4           # reference small_fc_lopt: 39 → 4 → 4 → 2 (μLO_M use
 HIDDEN_LAYERS = 2
 DECAY_OFFSET_SCALE = 10.0  # β = 1 − (1 − β0)·exp(10·offset): learned decays (reference)
 NUM_INPUTS = features.NUM_ADAFAC_FEATURES + len(features.TIME_SCALES)  # 28 + 11 = 39
+# Ours, `relative=True` (`--opt small_fc_lopt_relative`): Celo's and VeLO's relative step on
+# small_fc_lopt's network, Δp = λ1·d·exp(λ2·m)·max(rms(p), MIN_PARAM_SCALE), × a cosine from
+# ANNEAL[0] to ANNEAL[1] over the run at use, and the MLP started as a relative-step Adafactor
+# (d = INIT_SCALE·n(Adafactor's momentum), steps of 1% of the tensor's RMS; celo.RULE_INIT). The
+# reference's absolute step of ≈ 1e-3 trails tuned Adam 2–10× wherever Adam's best learning rate
+# is far from it (regressions, the quadratic, the autoencoder; docs/results.md).
+MIN_PARAM_SCALE = 0.1
+ANNEAL = (1.0, 0.03)
+INIT_SCALE = 10.0
+INIT_DIRECTION = features.column_index(features.ADAFAC_GROUPS, "fac_mom", 0)
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -26,7 +37,7 @@ NUM_INPUTS = features.NUM_ADAFAC_FEATURES + len(features.TIME_SCALES)  # 28 + 11
 class State(NamedTuple):
     acc: Any                 # pytree like params, a accumulators.TensorState per tensor
     step: jnp.ndarray        # () int32, updates done so far
-    num_steps: jnp.ndarray   # () int32, planned training length (stored, unused here)
+    num_steps: jnp.ndarray   # () int32, planned training length (read by relative=True's anneal)
 
 
 def init_decay_offsets():
@@ -37,9 +48,13 @@ def init_decay_offsets():
             "adafactor_decays": jnp.zeros(len(acc.ADAFACTOR_DECAYS), jnp.float32)}
 
 
-def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS):
+def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, directed=False):
+    """θ at meta-initialization: the reference's random MLP, or (directed=True, ours) one whose d
+    starts as INIT_SCALE·n(Adafactor's momentum) (lopt.init_mlp_with_direction)."""
     sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (2,)
-    return {"mlp": init_mlp(key, sizes), **init_decay_offsets()}
+    mlp = (init_mlp_with_direction(key, sizes, INIT_DIRECTION, INIT_SCALE) if directed
+           else init_mlp(key, sizes))
+    return {"mlp": mlp, **init_decay_offsets()}
 
 
 def learned_decays(offsets, initial):
@@ -71,25 +86,36 @@ def mlp_outputs(theta, p, g, tensor_state, t):
                              features.RMS_EPS, features.time_features(t) @ time_w)
 
 
-def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=EXP_MULT):
-    """One small_fc_lopt update: accumulators absorb g, then features, MLP and Eq. (2)."""
+def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=EXP_MULT,
+         relative=False, min_scale=None, anneal=True):
+    """One small_fc_lopt update: accumulators absorb g, then features, MLP and Eq. (2).
+    relative=True (ours): × max(rms(p), min_scale) (None: MIN_PARAM_SCALE) and, if anneal, × the
+    ANNEAL cosine over state.num_steps."""
     del loss  # small_fc_lopt does not read the loss
     m_dec, r_dec, a_dec = decays(theta)
+    min_scale = MIN_PARAM_SCALE if min_scale is None else min_scale
+    if relative and anneal:
+        step_mult = step_mult * cosine_anneal(state.step, state.num_steps, *ANNEAL)
 
     def tensor(p, g, s):
         s = acc.update_tensor(s, g, m_dec, r_dec, a_dec)
         d, m = mlp_outputs(theta, p, g, s, state.step)[:2]
-        return -(d * jnp.exp(m * exp_mult) * step_mult).reshape(p.shape), s  # Celo Eq. (2)
+        scale = param_scale(p, min_scale=min_scale) if relative else 1.0
+        return -(d * jnp.exp(m * exp_mult) * step_mult * scale).reshape(p.shape), s  # Eq. (2)
 
     updates, new_acc = map_tensors(tensor, params, grads, state.acc)
     return updates, State(new_acc, state.step + 1, state.num_steps)
 
 
 def learned_optimizer(hidden=HIDDEN, step_mult=STEP_MULT, exp_mult=EXP_MULT,
-                      name="small_fc_lopt"):
-    """The contract record; μLO_M is learned_optimizer(hidden=32, step_mult=0.01) plus mup.py."""
-    return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden), init,
-                            partial(step, step_mult=step_mult, exp_mult=exp_mult))
+                      name="small_fc_lopt", relative=False, min_scale=None, anneal=True):
+    """The contract record; μLO_M is learned_optimizer(hidden=32, step_mult=0.01) plus mup.py.
+    relative=True: our relative-step variant, started as a relative-step Adafactor (above), with
+    Celo's max-norm bound at use (a relative step can grow a tensor geometrically)."""
+    return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden, directed=relative),
+                            init, partial(step, step_mult=step_mult, exp_mult=exp_mult,
+                                          relative=relative, min_scale=min_scale, anneal=anneal),
+                            max_norm=MAX_NORM if relative else 0.0)
 
 
 def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT,

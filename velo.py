@@ -37,14 +37,13 @@ import jax.numpy as jnp
 import accumulators as acc
 import features
 from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
-                  init_mlp_with_direction, lstm_step, map_tensors, param_scale,
+                  PARAM_SCALE_EPS, init_mlp_with_direction, lstm_step, map_tensors, param_scale,
                   per_parameter_mlp)
 
 STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
 EXP_MULT = 1e-3        # λ2 (μLO Eq. (9); reference exp_mult)
 GRAD_CLIP = 1000.0     # g ← clip(g, ±1000) before anything reads it (reference)
 MIX_SCALE = 100.0      # θ_t = 100 · mean_k(C_tk θ_k) (reference interpolate_theta)
-PARAM_SCALE_EPS = 1e-9  # sqrt(mean p² + 1e-9): the tensor's RMS scales the step (reference)
 # Ours, in use only (meta-training runs the reference step: registry.py), as for Celo: a floor
 # under the tensor scale, so that zero-initialized tensors move, and the step multiplied by a
 # cosine from ANNEAL[0] to ANNEAL[1] over the run (Celo's fitted prior, celo.PRIOR_ETA). Without

@@ -252,6 +252,22 @@ def test_default_rule_starts_as_relative_adafactor():
         assert_rule_starts_along(theta, x, p, g, s)
 
 
+def test_blend_rule_init_sums_normalized_directions():
+    """rule_init="blend" (ours, `--opt celo_blend_init`): d = 10 · Σ_i w_i·n(x_i), each column
+    normalized over the tensor on its own (the MLP's first-layer normalization)."""
+    theta = celo.init_meta_params(jax.random.PRNGKey(3), rule_init="blend")
+    mix = celo.RULE_INIT_DIRECTIONS["blend"]
+    assert abs(sum(mix.values()) - 1.0) < 1e-6 and features.VELO_ADAM_DIRECTION in mix
+    rng = np.random.RandomState(7)
+    for shape in [(20, 30), (7,)]:
+        p, g, s = three_steps(shape, rng)
+        x = np.asarray(features.velo_features(p, g, s), np.float64)
+        expect = sum(w * x[..., i] / np.sqrt(1e-5 + np.mean(x[..., i] ** 2))
+                     for i, w in mix.items())
+        d, _ = jax.jit(celo.rule_outputs)(theta["rule"], p, g, s)
+        np.testing.assert_allclose(d, 10.0 * expect, rtol=1e-4, atol=1e-5)
+
+
 def noisy(theta, rng, scale=0.5):
     """θ far from its init: every array + N(0, scale²) (numpy noise: nothing to compile)."""
     return jax.tree.map(lambda x: x + scale * rng.normal(size=x.shape).astype(np.float32), theta)

@@ -118,6 +118,35 @@ def test_untrained_step_size_is_of_order_lambda1():
     assert 1e-5 < size < 1e-2
 
 
+def test_relative_variant_steps_relative_to_the_floored_tensor_scale():
+    """relative=True (ours): untrained, Δp = −λ1·10·n(Adafactor's momentum)·exp(λ2 m)·
+    max(rms(p), 0.1)·cosine(t): the same gradient moves a tensor 4× as large by 4× as much, a
+    zero tensor by the floor's step, and the anneal shrinks the step from 1 toward 0.03."""
+    lo = sfl.learned_optimizer(relative=True)
+    theta = lo.init_meta_params(jax.random.PRNGKey(0))
+    g = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+    p = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (6, 5))
+
+    def first_update(p, t=0, num_steps=100):
+        state = lo.init(theta, {"w": p}, num_steps)._replace(step=jnp.asarray(t, jnp.int32))
+        return lo.step(theta, state, {"w": p}, {"w": g})[0]["w"]
+
+    s = sfl.acc.update_tensor(sfl.acc.init_tensor(p), g, *sfl.decays(theta))
+    d, m = sfl.mlp_outputs(theta, p, g, s, 0)[:2]
+    x = features.columns(p, g, s, features.ADAFAC_GROUPS, features.RMS_EPS)
+    col = np.asarray(features.stack(x)[..., sfl.INIT_DIRECTION], np.float64)
+    np.testing.assert_allclose(d, 10.0 * col / np.sqrt(1e-5 + np.mean(col ** 2)), rtol=1e-4,
+                               atol=1e-5)
+    rms = float(jnp.sqrt(jnp.mean(p ** 2) + 1e-9))
+    expect = -1e-3 * d * jnp.exp(1e-3 * m) * rms
+    np.testing.assert_allclose(first_update(p), expect, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(first_update(4 * p), 4 * expect, rtol=1e-4, atol=1e-9)
+    zero = first_update(jnp.zeros_like(p))
+    assert 0.5e-4 < float(jnp.sqrt(jnp.mean(zero ** 2))) < 5e-3       # ≈ 1e-3·10·0.1
+    np.testing.assert_allclose(first_update(p, t=100), 0.03 * expect, rtol=1e-3, atol=1e-10)
+    assert lo.max_norm > 0 and sfl.learned_optimizer().max_norm == 0
+
+
 def test_lstm_step_matches_hand_computed_gates():
     rng = np.random.RandomState(0)
     lstm = {"w": jnp.asarray(rng.normal(size=(3 + 2, 8)), jnp.float32),

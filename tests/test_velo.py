@@ -192,7 +192,7 @@ def test_directed_init_starts_as_relative_step(meta_init):
     """meta_init="adam" (ours, the default): every bank member's d reads only Adam's direction,
     so each tensor's mixed MLP gives d = c_t · n(m_0.9·rsqrt(v)) with c_t near 10 (the bank's
     mean, up to the shrunk h-dependent terms), and lr_mult starts near 1; "adafactor" the same
-    with Adafactor's momentum. meta_init="random" is haiku's."""
+    with Adafactor's momentum, "blend" with Σ w_i·n(x_i). meta_init="random" is haiku's."""
     column = features.VELO_INIT_DIRECTIONS[meta_init]
     theta = jax.jit(partial(velo.init_meta_params, meta_init=meta_init))(jax.random.PRNGKey(0))
     params, grads = _problem()
@@ -207,14 +207,15 @@ def test_directed_init_starts_as_relative_step(meta_init):
         s = velo.acc.update_tensor(s, g, velo.acc.MOMENTUM_DECAYS, velo.acc.RMS_DECAYS,
                                    velo.acc.ADAFACTOR_DECAYS)
         d, _ = velo.mlp_outputs(jax.tree.map(lambda w: w[i], mixed), p, g, s)
-        x7 = np.asarray(features.velo_features(p, g, s)[..., column], np.float64)
-        n7 = x7 / np.sqrt(1e-5 + np.mean(x7 ** 2))
+        x = np.asarray(features.velo_features(p, g, s), np.float64)
+        mix = column if isinstance(column, dict) else {column: 1.0}
+        n7 = sum(w * x[..., i] / np.sqrt(1e-5 + np.mean(x[..., i] ** 2)) for i, w in mix.items())
         c = float(np.sum(np.asarray(d) * n7) / np.sum(n7 ** 2))
         np.testing.assert_allclose(d, c * n7, rtol=1e-4, atol=1e-5 * abs(c))
         assert 5.0 < c < 20.0
     rand = velo.init_meta_params(jax.random.PRNGKey(0), meta_init="random")
     assert not np.any(rand["controls"]["b"]) and not np.any(rand["lr_mult"]["b"])
-    with pytest.raises(ValueError, match="meta_init must be one of random, adam, adafactor"):
+    with pytest.raises(ValueError, match="meta_init must be one of random, adam, adafactor, blend"):
         velo.init_meta_params(jax.random.PRNGKey(0), meta_init="sgd")
 
 
