@@ -51,17 +51,18 @@ NUM_OUTPUTS = 2           # d, m (the reference's third output is never read: dr
 LSTM_HIDDEN = 64          # scheduler LSTM width (the published θ; reference default 128)
 NUM_RULE_INPUTS = features.NUM_VELO_FEATURES                                  # 30
 NUM_SCHEDULER_INPUTS = len(features.PROGRESS_SHIFTS) + acc.NUM_LOSS_EMAS - 1  # 9 + 9 = 18
-# Ours: the rule starts as a relative-step Adafactor, d = RULE_INIT_SCALE · n(x), x = the momentum
-# m_0.9 over Adafactor's factored second moment, i.e. steps of 1e-3·10 = 1% of the tensor's RMS
-# (lopt.init_mlp_with_direction). "adam" starts from Adam's m_0.9/√v instead (the earlier default,
-# `--opt celo_adam_init`): untrained, it scores 0.47 / 0.77 / 0.81 / 0.57 (median, quick suite, 500
-# steps) at scales 2 / 5 / 10 / 20; from the paper's random init ("random"), 7,000 CPU meta-steps
-# reached only 0.2 there (README, Celo). Chosen on VALIDATION: after the same 5000 meta-steps,
-# "adafactor" 1.112 / 1.092 (median, 1000 / 400 steps), "adam" 1.084 / 1.072 (docs/celo.md).
-RULE_INIT = "adafactor"
+# Ours: the rule starts as a blend of relative-step Adam and Adafactor, d = RULE_INIT_SCALE·Σ w·n(x)
+# over Adam's direction m/√v (β1 0.9: 0.3, 0.99: 0.2), the Adafactor-normalized gradient (0.25)
+# and Adafactor's momentum (0.25) (features.VELO_INIT_DIRECTIONS; lopt.init_mlp_with_direction),
+# about as the published rule weighs them, i.e. steps of ≈ 1e-3·10 = 1% of the tensor's RMS.
+# "adafactor" (Adafactor's momentum alone, `--opt celo_adafactor_init`) and "adam" (Adam's
+# direction alone, `--opt celo_adam_init`) were the earlier defaults; from the paper's random init
+# ("random"), 7,000 CPU meta-steps reached only 0.2 on the quick suite (README, Celo). Chosen on
+# VALIDATION after the same 5000 meta-steps (median / IQM, 1000 steps; docs/celo.md): "blend"
+# 1.150 / 1.162, "adafactor" 1.112 / 1.118, "adam" 1.084 / 1.092.
+RULE_INIT = "blend"
 RULE_INIT_SCALE = 10.0
-# The direction each rule_init starts from: Adafactor's momentum (the published rule leans on it
-# and on the Adafactor-normalized gradient nearly as much as on Adam's direction) or Adam's.
+# The direction (or blend of directions) each rule_init starts from.
 RULE_INIT_DIRECTIONS = features.VELO_INIT_DIRECTIONS
 # Ours: stage 2 starts from a scheduler fitted (fit_scheduler) to a cosine decay of η from
 # PRIOR_ETA[0] to PRIOR_ETA[1] over the run. A scheduler that starts flat at η ≈ 1 did not learn
@@ -82,7 +83,8 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
     """θ at meta-initialization: haiku's defaults (truncated normal 1/sqrt(fan_in), zero biases,
     zero initial LSTM state), as the reference's `Celo.init`, except (ours) the scheduler's output
     bias ln(1/α) (OUT_BIAS_INIT), so that stage 2 starts from stage 1's η ≡ 1, and a rule that
-    starts as a relative-step Adafactor (rule_init="adafactor") or Adam ("adam"), RULE_INIT_SCALE.
+    starts as a relative step along RULE_INIT_DIRECTIONS[rule_init] ("blend", "adafactor",
+    "adam"), RULE_INIT_SCALE.
     rule_init="random" is the reference's all-random rule."""
     if rule_init not in ("random", *RULE_INIT_DIRECTIONS):
         raise ValueError(f"rule_init must be one of random, {', '.join(RULE_INIT_DIRECTIONS)}, "

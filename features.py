@@ -14,6 +14,7 @@ normalization factors `scales`, so an MLP folds the normalization into its first
 (x·s) @ W = x @ (s·W), and applies that layer without ever writing the (*S, C) feature matrix
 (`first_layer`); `stack` builds that matrix for tests and readers.
 """
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -103,18 +104,22 @@ def column_index(groups, group, j=0):
 
 # Adam's direction m_0.9·rsqrt(v) among VeLO's (and Celo's) features.
 VELO_ADAM_DIRECTION = column_index(VELO_GROUPS, "m_rv", 0)
-# Where a learned rule over VeLO's features can start (ours; celo.RULE_INIT, velo.META_INIT): the
-# column its output d copies, Adam's direction or Adafactor's momentum m_0.9 over the factored
-# second moment (the published Celo rule leans on the latter nearly as much as on Adam's).
-VELO_INIT_DIRECTIONS = {"adam": VELO_ADAM_DIRECTION,
-                        "adafactor": column_index(VELO_GROUPS, "fac_mom", 0),
-                        # d = Σ w·n(x): Adam's direction at β1 0.9 and 0.99, the
-                        # Adafactor-normalized gradient and Adafactor's momentum, about as the
-                        # published Celo rule weighs them (docs/celo.md)
-                        "blend": {VELO_ADAM_DIRECTION: 0.3,
-                                  column_index(VELO_GROUPS, "fac_g", 0): 0.25,
-                                  column_index(VELO_GROUPS, "fac_mom", 0): 0.25,
-                                  column_index(VELO_GROUPS, "m_rv", 1): 0.2}}
+
+
+def init_directions(groups):
+    """Where a learned rule over the features `groups` can start (ours; celo.RULE_INIT,
+    velo.META_INIT, small_fc_lopt.INIT): the column its output d copies — Adam's direction, or
+    Adafactor's momentum m_0.9 over the factored second moment — or {column: weight} for
+    d ∝ Σ weight·n(x): "blend", Adam's direction at β1 0.9 and 0.99, the Adafactor-normalized
+    gradient and Adafactor's momentum, about as the published Celo rule weighs them
+    (docs/celo.md)."""
+    col = partial(column_index, groups)
+    return {"adam": col("m_rv", 0), "adafactor": col("fac_mom", 0),
+            "blend": {col("m_rv", 0): 0.3, col("fac_g", 0): 0.25, col("fac_mom", 0): 0.25,
+                      col("m_rv", 1): 0.2}}
+
+
+VELO_INIT_DIRECTIONS = init_directions(VELO_GROUPS)
 
 
 class Columns(NamedTuple):

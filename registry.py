@@ -45,6 +45,8 @@ class Recipe(NamedTuple):
     per_step: bool = True      # False: not an optax per-step optimizer (e.g. local-SGD server
                                # updates), so evaluate.py's per-step suite does not apply
     shipped: str = ""          # its θ in checkpoints/ ("": {name}.npz); see shipped_checkpoint
+    init_variant_of: str = ""  # the entry whose step this one shares: it differs only in its
+                               # meta-initialization (init_meta_params)
 
 
 # Celo App. A.3: outer AdamW at a constant 3e-4 (weight decay 1e-4), unrolls of 100–2000 steps.
@@ -76,6 +78,11 @@ CELO2_SETTINGS = CELO_OUTER + (("meta_steps", 3000), ("tau_range", 10.0))
 # meta-training runs the reference step, as for Celo's floor.
 VELO_STAGES = (Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)
 
+# small_fc_lopt_relative: Celo's stage 1 (outer AdamW 3e-4, unrolls to 2000) for 3000 meta-steps,
+# with the pure relative step; its floor and anneal are for use, as for Celo and VeLO.
+SMALL_FC_LOPT_RELATIVE_SETTINGS = CELO_OUTER + (("meta_steps", 3000),)
+SMALL_FC_LOPT_RELATIVE_STAGES = (Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)
+
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
     "small_fc_lopt": Recipe(lambda task: small_fc_lopt.learned_optimizer()),
@@ -83,8 +90,12 @@ OPTIMIZERS = {
     # outer recipe; meta-trained with the reference's pure relative step, floor and anneal at use.
     "small_fc_lopt_relative": Recipe(
         lambda task, **kw: small_fc_lopt.learned_optimizer(relative=True, **kw),
-        settings=CELO_OUTER + (("meta_steps", 3000),),
-        stages=(Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)),
+        settings=SMALL_FC_LOPT_RELATIVE_SETTINGS, stages=SMALL_FC_LOPT_RELATIVE_STAGES),
+    "small_fc_lopt_relative_adafactor_init": Recipe(
+        lambda task, **kw: small_fc_lopt.learned_optimizer(relative=True, meta_init="adafactor",
+                                                            **kw),
+        settings=SMALL_FC_LOPT_RELATIVE_SETTINGS, stages=SMALL_FC_LOPT_RELATIVE_STAGES,
+        init_variant_of="small_fc_lopt_relative"),
     # Celo (arXiv 2501.12670, §3, App. A.3): stage 1 learns the update rule with η ≡ 1, stage 2 the
     # scheduler with the rule frozen; outer AdamW at a constant 3e-4 with weight decay 1e-4.
     "celo": Recipe(lambda task, **kw: celo.learned_optimizer(**kw),
@@ -99,27 +110,31 @@ OPTIMIZERS = {
     "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small", **kw),
                    settings=CELO_OUTER + (("meta_steps", 1500),), stages=VELO_STAGES,
                    shipped="velo_small.npz"),
-    # The papers' random meta-initialization (ours starts Celo's rule as a relative-step
-    # Adafactor, celo.py RULE_INIT, and VeLO's bank as a relative-step Adam, velo.py META_INIT),
-    # and Celo's earlier start from a relative-step Adam, for the ablations in docs/celo.md.
+    # Other meta-initializations (same step, same recipe; `init_variant_of`): the papers' random
+    # one, and the earlier starts of ours (the default, celo.RULE_INIT / velo.META_INIT, is a blend
+    # of Adam's and Adafactor's directions), for the ablations in docs/celo.md and docs/velo.md.
     "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
-                               settings=CELO_SETTINGS, stages=CELO_STAGES),
-    "celo_blend_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="blend", **kw),
-                              settings=CELO_SETTINGS, stages=CELO_STAGES),
-    "velo_blend_init": Recipe(lambda task, **kw: velo.learned_optimizer(
-                                  "small", meta_init="blend", **kw),
-                              stages=VELO_STAGES,
-                              settings=CELO_OUTER + (("meta_steps", 1500),)),
+                               settings=CELO_SETTINGS, stages=CELO_STAGES, init_variant_of="celo"),
     "celo_adam_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adam", **kw),
-                             settings=CELO_SETTINGS, stages=CELO_STAGES),
+                             settings=CELO_SETTINGS, stages=CELO_STAGES, init_variant_of="celo"),
+    "celo_adafactor_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adafactor",
+                                                                            **kw),
+                                  settings=CELO_SETTINGS, stages=CELO_STAGES,
+                                  init_variant_of="celo"),
+    "velo_adam_init": Recipe(lambda task, **kw: velo.learned_optimizer("small", meta_init="adam",
+                                                                       **kw),
+                             stages=VELO_STAGES, settings=CELO_OUTER + (("meta_steps", 1500),),
+                             init_variant_of="velo"),
     "velo_adafactor_init": Recipe(lambda task, **kw: velo.learned_optimizer(
                                       "small", meta_init="adafactor", **kw),
                                   stages=VELO_STAGES,
-                                  settings=CELO_OUTER + (("meta_steps", 1500),)),
+                                  settings=CELO_OUTER + (("meta_steps", 1500),),
+                                  init_variant_of="velo"),
     "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
                                                                          meta_init="random", **kw),
                                stages=VELO_STAGES,
-                               settings=CELO_OUTER + (("meta_steps", 1500),)),
+                               settings=CELO_OUTER + (("meta_steps", 1500),),
+                               init_variant_of="velo"),
     # Celo2 (arXiv 2602.19142): the normalized rule meta-trained with its harness in the loop
     # (celo2: Newton–Schulz on 2-D weights, AdamW elsewhere) or without it (celo2_base).
     "celo2": Recipe(lambda task, **kw: celo2.learned_optimizer(harness=True),

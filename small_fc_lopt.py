@@ -22,14 +22,17 @@ DECAY_OFFSET_SCALE = 10.0  # β = 1 − (1 − β0)·exp(10·offset): learned de
 NUM_INPUTS = features.NUM_ADAFAC_FEATURES + len(features.TIME_SCALES)  # 28 + 11 = 39
 # Ours, `relative=True` (`--opt small_fc_lopt_relative`): Celo's and VeLO's relative step on
 # small_fc_lopt's network, Δp = λ1·d·exp(λ2·m)·max(rms(p), MIN_PARAM_SCALE), × a cosine from
-# ANNEAL[0] to ANNEAL[1] over the run at use, and the MLP started as a relative-step Adafactor
-# (d = INIT_SCALE·n(Adafactor's momentum), steps of 1% of the tensor's RMS; celo.RULE_INIT). The
-# reference's absolute step of ≈ 1e-3 trails tuned Adam 2–10× wherever Adam's best learning rate
-# is far from it (regressions, the quadratic, the autoencoder; docs/results.md).
+# ANNEAL[0] to ANNEAL[1] over the run at use, and the MLP started as a relative-step optimizer
+# along features.init_directions(ADAFAC_GROUPS)[INIT] (d = INIT_SCALE·Σ w·n(x), steps of ≈ 1%
+# of the tensor's RMS; as celo.RULE_INIT). The reference's absolute step of ≈ 1e-3 trails tuned
+# Adam 2–10× wherever Adam's best learning rate is far from it (regressions, the quadratic, the
+# autoencoder; docs/results.md). INIT chosen on VALIDATION after the same 3000 meta-steps
+# (median / IQM): "blend" 1.184 / 1.161, "adafactor" 1.155 / 1.132.
 MIN_PARAM_SCALE = 0.1
 ANNEAL = (1.0, 0.03)
 INIT_SCALE = 10.0
-INIT_DIRECTION = features.column_index(features.ADAFAC_GROUPS, "fac_mom", 0)
+INIT = "blend"
+INIT_DIRECTIONS = features.init_directions(features.ADAFAC_GROUPS)
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -48,12 +51,15 @@ def init_decay_offsets():
             "adafactor_decays": jnp.zeros(len(acc.ADAFACTOR_DECAYS), jnp.float32)}
 
 
-def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, directed=False):
-    """θ at meta-initialization: the reference's random MLP, or (directed=True, ours) one whose d
-    starts as INIT_SCALE·n(Adafactor's momentum) (lopt.init_mlp_with_direction)."""
+def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, meta_init="random"):
+    """θ at meta-initialization: the reference's random MLP ("random"), or (ours) one whose d
+    starts as INIT_SCALE·Σ w·n(x) along INIT_DIRECTIONS[meta_init] (init_mlp_with_direction)."""
+    if meta_init not in ("random", *INIT_DIRECTIONS):
+        raise ValueError(f"meta_init must be one of random, {', '.join(INIT_DIRECTIONS)}, "
+                         f"got {meta_init!r}")
     sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (2,)
-    mlp = (init_mlp_with_direction(key, sizes, INIT_DIRECTION, INIT_SCALE) if directed
-           else init_mlp(key, sizes))
+    mlp = (init_mlp(key, sizes) if meta_init == "random" else
+           init_mlp_with_direction(key, sizes, INIT_DIRECTIONS[meta_init], INIT_SCALE))
     return {"mlp": mlp, **init_decay_offsets()}
 
 
@@ -108,19 +114,23 @@ def step(theta, state, params, grads, loss=None, step_mult=STEP_MULT, exp_mult=E
 
 
 def learned_optimizer(hidden=HIDDEN, step_mult=STEP_MULT, exp_mult=EXP_MULT,
-                      name="small_fc_lopt", relative=False, min_scale=None, anneal=True):
+                      name="small_fc_lopt", relative=False, min_scale=None, anneal=True,
+                      meta_init=None):
     """The contract record; μLO_M is learned_optimizer(hidden=32, step_mult=0.01) plus mup.py.
-    relative=True: our relative-step variant, started as a relative-step Adafactor (above), with
-    Celo's max-norm bound at use (a relative step can grow a tensor geometrically)."""
-    return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden, directed=relative),
+    relative=True: our relative-step variant, started along INIT_DIRECTIONS[meta_init] (None:
+    INIT; the reference step starts "random"), with Celo's max-norm bound at use (a relative step
+    can grow a tensor geometrically)."""
+    meta_init = meta_init or (INIT if relative else "random")
+    return LearnedOptimizer(name, partial(init_meta_params, hidden=hidden, meta_init=meta_init),
                             init, partial(step, step_mult=step_mult, exp_mult=exp_mult,
                                           relative=relative, min_scale=min_scale, anneal=anneal),
                             max_norm=MAX_NORM if relative else 0.0)
 
 
 def optimizer(theta, num_steps, step_mult=STEP_MULT, exp_mult=EXP_MULT,
-              grad_rms_range=GRAD_RMS_RANGE):
+              grad_rms_range=GRAD_RMS_RANGE, relative=False):
     """small_fc_lopt with meta-parameters θ as an optax transformation (grad_rms_range=None:
-    the raw gradients, lopt.scale_gradients off)."""
-    return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult)._replace(
+    the raw gradients, lopt.scale_gradients off). relative=True for a θ of the relative-step
+    variant (checkpoints/small_fc_lopt_relative.npz)."""
+    return learned_optimizer(step_mult=step_mult, exp_mult=exp_mult, relative=relative)._replace(
         grad_rms_range=grad_rms_range).optimizer(theta, num_steps)

@@ -237,11 +237,10 @@ def test_adam_rule_init_starts_as_relative_adam():
         celo.init_meta_params(jax.random.PRNGKey(0), rule_init="xavier")
 
 
-def test_default_rule_starts_as_relative_adafactor():
-    """The default rule_init="adafactor" (ours): d = 10 · n(x₂₇), x₂₇ = m_0.9 over the factored
-    second moment (Adafactor with momentum), for a matrix and a vector."""
-    assert celo.RULE_INIT == "adafactor"
-    theta = INIT_THETA(jax.random.PRNGKey(3))
+def test_adafactor_rule_starts_as_relative_adafactor():
+    """rule_init="adafactor" (ours, `--opt celo_adafactor_init`): d = 10 · n(x₂₇), x₂₇ = m_0.9
+    over the factored second moment (Adafactor with momentum), for a matrix and a vector."""
+    theta = celo.init_meta_params(jax.random.PRNGKey(3), rule_init="adafactor")
     col = celo.RULE_INIT_DIRECTIONS["adafactor"]
     assert features.column_index(features.VELO_GROUPS, "fac_mom", 0) == col == 27
     rng = np.random.RandomState(6)
@@ -252,10 +251,11 @@ def test_default_rule_starts_as_relative_adafactor():
         assert_rule_starts_along(theta, x, p, g, s)
 
 
-def test_blend_rule_init_sums_normalized_directions():
-    """rule_init="blend" (ours, `--opt celo_blend_init`): d = 10 · Σ_i w_i·n(x_i), each column
-    normalized over the tensor on its own (the MLP's first-layer normalization)."""
-    theta = celo.init_meta_params(jax.random.PRNGKey(3), rule_init="blend")
+def test_default_rule_starts_as_blend_of_normalized_directions():
+    """The default rule_init="blend" (ours): d = 10 · Σ_i w_i·n(x_i), each column normalized
+    over the tensor on its own (the MLP's first-layer normalization)."""
+    assert celo.RULE_INIT == "blend"
+    theta = INIT_THETA(jax.random.PRNGKey(3))
     mix = celo.RULE_INIT_DIRECTIONS["blend"]
     assert abs(sum(mix.values()) - 1.0) < 1e-6 and features.VELO_ADAM_DIRECTION in mix
     rng = np.random.RandomState(7)

@@ -12,7 +12,8 @@ import lopt as lopt_lib
 import registry
 import tasks
 
-PER_STEP = [n for n, r in registry.OPTIMIZERS.items() if r.per_step]
+PER_STEP = [n for n, r in registry.OPTIMIZERS.items() if r.per_step and not r.init_variant_of]
+INIT_VARIANTS = [n for n, r in registry.OPTIMIZERS.items() if r.init_variant_of]
 NUM_STEPS = 20      # planned training length passed to init (progress features)
 STEPS = 4           # updates per check
 TASK = "teacher_student"   # MLP 16 → 32 → 4: 2-D weights and biases, ~700 parameters
@@ -57,12 +58,15 @@ def assert_trees_equal(a, b):
 
 
 def test_every_per_step_optimizer_is_covered():
-    """Nothing is left out: the parametrization below is every per-step name of the registry,
-    and every other entry says it is not a per-step optimizer."""
+    """Nothing is left out: the parametrization below is every per-step name of the registry but
+    the init variants (checked against their base below), and every other entry says it is not
+    a per-step optimizer."""
     ids = test_contract_holds.pytestmark[0].args[1]
-    assert sorted(ids) == sorted(n for n, r in registry.OPTIMIZERS.items() if r.per_step)
+    assert sorted(ids + INIT_VARIANTS) == sorted(
+        n for n, r in registry.OPTIMIZERS.items() if r.per_step)
     assert {"small_fc_lopt", "celo", "velo", "celo2", "mu_small_fc_lopt"} <= set(ids)
-    assert all(not registry.OPTIMIZERS[n].per_step for n in set(registry.OPTIMIZERS) - set(ids))
+    assert all(not registry.OPTIMIZERS[n].per_step
+               for n in set(registry.OPTIMIZERS) - set(ids) - set(INIT_VARIANTS))
 
 
 @pytest.mark.parametrize("name", PER_STEP)
@@ -110,3 +114,22 @@ def test_contract_holds(name):
         params0, state0, (grads, losses))
     for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", INIT_VARIANTS)
+def test_init_variant_differs_from_its_base_only_in_theta_init(name):
+    """An init variant (registry.Recipe.init_variant_of) has its base's settings, stages and θ
+    shapes, and a different θ at init; its step then is the base's step, which the contract test
+    checks (same builder function, other init)."""
+    r = registry.OPTIMIZERS[name]
+    base = registry.OPTIMIZERS[r.init_variant_of]
+    assert (r.settings, r.stages, r.per_step) == (base.settings, base.stages, base.per_step)
+    task = tasks.get_task(TASK)
+    mine, theirs = r.build(task), base.build(task)
+    assert mine.step.func is theirs.step.func and mine.max_norm == theirs.max_norm
+    key = jax.random.PRNGKey(0)
+    a, b = jax.eval_shape(mine.init_meta_params, key), jax.eval_shape(theirs.init_meta_params, key)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert [x.shape for x in jax.tree.leaves(a)] == [x.shape for x in jax.tree.leaves(b)]
+    ta, tb = mine.init_meta_params(key), theirs.init_meta_params(key)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ta), jax.tree.leaves(tb)))

@@ -35,6 +35,15 @@ def test_main_command_names_a_registered_optimizer():
     assert opt.group(1) in registry.OPTIMIZERS
 
 
+def test_readme_lists_every_registered_name():
+    """The README's "Train." paragraph names every --opt the registry knows (no stale names)."""
+    import registry
+    text = open(os.path.join(ROOT, "README.md")).read()
+    para = text[text.index("**Train.**"):text.index("The top of `train.py`")]
+    listed = set(re.findall(r"`(\w+)`", para)) - {"NAME"}
+    assert listed == set(registry.OPTIMIZERS), sorted(listed ^ set(registry.OPTIMIZERS))
+
+
 def test_requirements_are_the_declared_dependencies():
     names = {re.split(r"[<>=\s]", line)[0].lower()
              for line in open(os.path.join(ROOT, "requirements.txt")) if line.strip()}

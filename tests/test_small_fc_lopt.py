@@ -122,7 +122,7 @@ def test_relative_variant_steps_relative_to_the_floored_tensor_scale():
     """relative=True (ours): untrained, Δp = −λ1·10·n(Adafactor's momentum)·exp(λ2 m)·
     max(rms(p), 0.1)·cosine(t): the same gradient moves a tensor 4× as large by 4× as much, a
     zero tensor by the floor's step, and the anneal shrinks the step from 1 toward 0.03."""
-    lo = sfl.learned_optimizer(relative=True)
+    lo = sfl.learned_optimizer(relative=True, meta_init="adafactor")
     theta = lo.init_meta_params(jax.random.PRNGKey(0))
     g = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
     p = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (6, 5))
@@ -134,7 +134,7 @@ def test_relative_variant_steps_relative_to_the_floored_tensor_scale():
     s = sfl.acc.update_tensor(sfl.acc.init_tensor(p), g, *sfl.decays(theta))
     d, m = sfl.mlp_outputs(theta, p, g, s, 0)[:2]
     x = features.columns(p, g, s, features.ADAFAC_GROUPS, features.RMS_EPS)
-    col = np.asarray(features.stack(x)[..., sfl.INIT_DIRECTION], np.float64)
+    col = np.asarray(features.stack(x)[..., sfl.INIT_DIRECTIONS["adafactor"]], np.float64)
     np.testing.assert_allclose(d, 10.0 * col / np.sqrt(1e-5 + np.mean(col ** 2)), rtol=1e-4,
                                atol=1e-5)
     rms = float(jnp.sqrt(jnp.mean(p ** 2) + 1e-9))

@@ -189,10 +189,11 @@ def test_bank_mixing_is_an_explicit_weighted_sum():
 
 @pytest.mark.parametrize("meta_init", sorted(features.VELO_INIT_DIRECTIONS))
 def test_directed_init_starts_as_relative_step(meta_init):
-    """meta_init="adam" (ours, the default): every bank member's d reads only Adam's direction,
-    so each tensor's mixed MLP gives d = c_t · n(m_0.9·rsqrt(v)) with c_t near 10 (the bank's
-    mean, up to the shrunk h-dependent terms), and lr_mult starts near 1; "adafactor" the same
-    with Adafactor's momentum, "blend" with Σ w_i·n(x_i). meta_init="random" is haiku's."""
+    """meta_init="adam" (ours): every bank member's d reads only Adam's direction, so each
+    tensor's mixed MLP gives d = c_t · n(m_0.9·rsqrt(v)) with c_t near 10 (the bank's mean, up
+    to the shrunk h-dependent terms), and lr_mult starts near 1; "adafactor" the same with
+    Adafactor's momentum, "blend" (the default) with Σ w_i·n(x_i). "random" is haiku's."""
+    assert velo.META_INIT == "blend"
     column = features.VELO_INIT_DIRECTIONS[meta_init]
     theta = jax.jit(partial(velo.init_meta_params, meta_init=meta_init))(jax.random.PRNGKey(0))
     params, grads = _problem()
@@ -215,7 +216,7 @@ def test_directed_init_starts_as_relative_step(meta_init):
         assert 5.0 < c < 20.0
     rand = velo.init_meta_params(jax.random.PRNGKey(0), meta_init="random")
     assert not np.any(rand["controls"]["b"]) and not np.any(rand["lr_mult"]["b"])
-    with pytest.raises(ValueError, match="meta_init must be one of random, adam, adafactor, blend"):
+    with pytest.raises(ValueError, match="one of random, adam, adafactor, blend"):
         velo.init_meta_params(jax.random.PRNGKey(0), meta_init="sgd")
 
 
