@@ -108,8 +108,8 @@ def learned_optimizers():
     """name → optax factory (θ from a fresh init: speed does not depend on θ's values)."""
     out = {}
     for name, r in registry.OPTIMIZERS.items():
-        if not r.per_step or name.endswith("_random_init"):  # not per-step (local SGD) / the
-            continue                                         # default's cost (another θ init)
+        if not r.per_step or r.init_variant_of:  # not per-step (local SGD) / its base's cost
+            continue                             # (the same step, another θ init)
         task = tasks.get_task("quadratic")
         lopt = r.build(task, **dict(r.stages[-1].build_kwargs))
         theta = lopt.init_meta_params(jax.random.PRNGKey(0))
