@@ -273,9 +273,10 @@ def init_mlp_with_direction(key, sizes, column, scale):
     The other units and outputs keep their random weights (minus the reserved inputs).
 
     Ours, not the papers' (they use init_mlp): with x = Adam's direction m·rsqrt(v), normalized
-    over the tensor, VeLO's bank starts as a relative-step Adam, Δp = λ1·scale·n(m/√v)·rms(p), a
-    working optimizer that meta-training then reshapes (Celo's rule, the same with Adafactor's
-    momentum); from the random init, thousands of CPU meta-steps did not find one (Celo)."""
+    over the tensor, a rule starts as a relative-step Adam, Δp = λ1·scale·n(m/√v)·rms(p), a
+    working optimizer that meta-training then reshapes; Celo's rule, VeLO's bank and
+    small_fc_lopt_relative start from a blend of such directions (features.init_directions).
+    From the random init, thousands of CPU meta-steps did not find one (Celo)."""
     if len(sizes) < 3 or min(sizes[1:-1]) < 2:
         raise ValueError(f"need ≥ 1 hidden layer of width ≥ 2, got sizes {sizes}")
     mix = column if isinstance(column, dict) else {column: 1.0}
