@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import accumulators as acc
 import features
 from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
-                  init_mlp_with_direction, lstm_step, map_tensors, per_parameter_mlp)
+                  lstm_step, map_tensors, mlp_initializer, per_parameter_mlp)
 from lopt import PARAM_SCALE_EPS, param_scale as lopt_param_scale
 
 # Fixed scalars of Algorithm 1 (Celo, arXiv 2501.12670, Alg. 1 line 2) and the reference code
@@ -86,11 +86,10 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
     starts as a relative step along RULE_INIT_DIRECTIONS[rule_init] ("blend", "adafactor",
     "adam"), RULE_INIT_SCALE.
     rule_init="random" is the reference's all-random rule."""
-    if rule_init not in ("random", *RULE_INIT_DIRECTIONS):
-        raise ValueError(f"rule_init must be one of random, {', '.join(RULE_INIT_DIRECTIONS)}, "
-                         f"got {rule_init!r}")
-    k_rule, k_mix, k_proj, k_lstm, k_out = jax.random.split(key, 5)
     sizes = (NUM_RULE_INPUTS,) + (hidden,) * hidden_layers + (NUM_OUTPUTS,)
+    init_rule = mlp_initializer(sizes, rule_init, RULE_INIT_DIRECTIONS, RULE_INIT_SCALE,
+                                "rule_init")
+    k_rule, k_mix, k_proj, k_lstm, k_out = jax.random.split(key, 5)
     linear = lambda k, n_in, n_out: {"w": init_mlp(k, (n_in, n_out))["w0"],
                                      "b": jnp.zeros((n_out,), jnp.float32)}
     scheduler = {"mix": linear(k_mix, NUM_SCHEDULER_INPUTS, lstm_hidden),
@@ -100,10 +99,7 @@ def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidde
                          "b": jnp.full((1,), OUT_BIAS_INIT, jnp.float32)},
                  "h0": jnp.zeros((lstm_hidden,), jnp.float32),
                  "c0": jnp.zeros((lstm_hidden,), jnp.float32)}
-    rule = (init_mlp(k_rule, sizes) if rule_init == "random" else
-            init_mlp_with_direction(k_rule, sizes, RULE_INIT_DIRECTIONS[rule_init],
-                                    RULE_INIT_SCALE))
-    return {"rule": rule, "scheduler": scheduler}
+    return {"rule": init_rule(k_rule), "scheduler": scheduler}
 
 
 def num_meta_params(hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, lstm_hidden=LSTM_HIDDEN):

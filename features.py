@@ -102,10 +102,6 @@ def column_index(groups, group, j=0):
     return sum(GROUP_WIDTH.get(g, 1) for g in groups[:groups.index(group)]) + j
 
 
-# Adam's direction m_0.9·rsqrt(v) among VeLO's (and Celo's) features.
-VELO_ADAM_DIRECTION = column_index(VELO_GROUPS, "m_rv", 0)
-
-
 def init_directions(groups):
     """Where a learned rule over the features `groups` can start (ours; celo.RULE_INIT,
     velo.META_INIT, small_fc_lopt.INIT): the column its output d copies — Adam's direction, or

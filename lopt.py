@@ -18,6 +18,7 @@ THE LEARNED-OPTIMIZER CONTRACT (every optimizer module in this repo follows it)
       the record above, bundling structure options (widths, multipliers) with the functions, so
       train.py, evaluate.py and the tests treat every optimizer alike.
 """
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -297,6 +298,17 @@ def init_mlp_with_direction(key, sizes, column, scale):
             b = b.at[0:2].set(0.0)
         mlp[f"w{i}"], mlp[f"b{i}"] = w, b
     return mlp
+
+
+def mlp_initializer(sizes, start, directions, scale, arg="meta_init"):
+    """key → MLP θ at meta-initialization: init_mlp for start="random" (the papers'), else
+    init_mlp_with_direction along directions[start] (ours; features.init_directions). `arg` names
+    the option in the error for an unknown start."""
+    if start not in ("random", *directions):
+        raise ValueError(f"{arg} must be one of random, {', '.join(directions)}, got {start!r}")
+    if start == "random":
+        return partial(init_mlp, sizes=sizes)
+    return partial(init_mlp_with_direction, sizes=sizes, column=directions[start], scale=scale)
 
 
 def apply_mlp(mlp, x, scale=None, extra_bias=0.0):

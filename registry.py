@@ -74,14 +74,10 @@ CELO_STAGES = (Stage("rule", ("rule",), "stage1_steps", (("use_scheduler", False
 # would span 1e6 in learning rate.
 CELO2_SETTINGS = CELO_OUTER + (("meta_steps", 3000), ("tau_range", 10.0))
 
-# VeLO's tensor-scale floor and annealed step (velo.MIN_PARAM_SCALE, velo.ANNEAL) are for use;
-# meta-training runs the reference step, as for Celo's floor.
+# VeLO's and small_fc_lopt_relative's tensor-scale floor and annealed step (velo.MIN_PARAM_SCALE,
+# velo.ANNEAL; small_fc_lopt.py) are for use; meta-training runs the pure relative step, as for
+# Celo's floor.
 VELO_STAGES = (Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)
-
-# small_fc_lopt_relative: Celo's stage 1 (outer AdamW 3e-4, unrolls to 2000) for 3000 meta-steps,
-# with the pure relative step; its floor and anneal are for use, as for Celo and VeLO.
-SMALL_FC_LOPT_RELATIVE_SETTINGS = CELO_OUTER + (("meta_steps", 3000),)
-SMALL_FC_LOPT_RELATIVE_STAGES = (Stage(train_kwargs=(("min_scale", 0.0), ("anneal", False))),)
 
 OPTIMIZERS = {
     # μLO's outer recipe (AdamW, warm-up to 3e-3, cosine to 1e-3) is the settings default.
@@ -90,12 +86,7 @@ OPTIMIZERS = {
     # outer recipe; meta-trained with the reference's pure relative step, floor and anneal at use.
     "small_fc_lopt_relative": Recipe(
         lambda task, **kw: small_fc_lopt.learned_optimizer(relative=True, **kw),
-        settings=SMALL_FC_LOPT_RELATIVE_SETTINGS, stages=SMALL_FC_LOPT_RELATIVE_STAGES),
-    "small_fc_lopt_relative_adafactor_init": Recipe(
-        lambda task, **kw: small_fc_lopt.learned_optimizer(relative=True, meta_init="adafactor",
-                                                            **kw),
-        settings=SMALL_FC_LOPT_RELATIVE_SETTINGS, stages=SMALL_FC_LOPT_RELATIVE_STAGES,
-        init_variant_of="small_fc_lopt_relative"),
+        settings=CELO_OUTER + (("meta_steps", 3000),), stages=VELO_STAGES),
     # Celo (arXiv 2501.12670, §3, App. A.3): stage 1 learns the update rule with η ≡ 1, stage 2 the
     # scheduler with the rule frozen; outer AdamW at a constant 3e-4 with weight decay 1e-4.
     "celo": Recipe(lambda task, **kw: celo.learned_optimizer(**kw),
@@ -110,31 +101,6 @@ OPTIMIZERS = {
     "velo": Recipe(lambda task, **kw: velo.learned_optimizer("small", **kw),
                    settings=CELO_OUTER + (("meta_steps", 1500),), stages=VELO_STAGES,
                    shipped="velo_small.npz"),
-    # Other meta-initializations (same step, same recipe; `init_variant_of`): the papers' random
-    # one, and the earlier starts of ours (the default, celo.RULE_INIT / velo.META_INIT, is a blend
-    # of Adam's and Adafactor's directions), for the ablations in docs/celo.md and docs/velo.md.
-    "celo_random_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="random", **kw),
-                               settings=CELO_SETTINGS, stages=CELO_STAGES, init_variant_of="celo"),
-    "celo_adam_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adam", **kw),
-                             settings=CELO_SETTINGS, stages=CELO_STAGES, init_variant_of="celo"),
-    "celo_adafactor_init": Recipe(lambda task, **kw: celo.learned_optimizer(rule_init="adafactor",
-                                                                            **kw),
-                                  settings=CELO_SETTINGS, stages=CELO_STAGES,
-                                  init_variant_of="celo"),
-    "velo_adam_init": Recipe(lambda task, **kw: velo.learned_optimizer("small", meta_init="adam",
-                                                                       **kw),
-                             stages=VELO_STAGES, settings=CELO_OUTER + (("meta_steps", 1500),),
-                             init_variant_of="velo"),
-    "velo_adafactor_init": Recipe(lambda task, **kw: velo.learned_optimizer(
-                                      "small", meta_init="adafactor", **kw),
-                                  stages=VELO_STAGES,
-                                  settings=CELO_OUTER + (("meta_steps", 1500),),
-                                  init_variant_of="velo"),
-    "velo_random_init": Recipe(lambda task, **kw: velo.learned_optimizer("small",
-                                                                         meta_init="random", **kw),
-                               stages=VELO_STAGES,
-                               settings=CELO_OUTER + (("meta_steps", 1500),),
-                               init_variant_of="velo"),
     # Celo2 (arXiv 2602.19142): the normalized rule meta-trained with its harness in the loop
     # (celo2: Newton–Schulz on 2-D weights, AdamW elsewhere) or without it (celo2_base).
     "celo2": Recipe(lambda task, **kw: celo2.learned_optimizer(harness=True),
@@ -160,6 +126,26 @@ OPTIMIZERS = {
                                    settings=local_sgd.TRAIN_SETTINGS,
                                    problem=local_sgd.train_problem, per_step=False),
 }
+
+
+def _init_variant(base, option, start):
+    """OPTIMIZERS[base] with θ started from `start` (its builder's `option`, e.g. rule_init): the
+    same step, settings and stages, marked init_variant_of=base, no shipped checkpoint."""
+    r = OPTIMIZERS[base]
+
+    def build(task, **kw):
+        return r.build(task, **{option: start}, **kw)
+    return r._replace(build=build, init_variant_of=base, shipped="")
+
+
+# Other meta-initializations, for the ablations in docs/celo.md, docs/velo.md and docs/results.md:
+# the papers' random one and the earlier starts of ours (the defaults, celo.RULE_INIT,
+# velo.META_INIT and small_fc_lopt.INIT, are a blend of Adam's and Adafactor's directions).
+INIT_VARIANTS = (("celo", "rule_init", ("random", "adam", "adafactor")),
+                 ("velo", "meta_init", ("random", "adam", "adafactor")),
+                 ("small_fc_lopt_relative", "meta_init", ("adafactor",)))
+OPTIMIZERS.update({f"{base}_{start}_init": _init_variant(base, option, start)
+                   for base, option, starts in INIT_VARIANTS for start in starts})
 
 
 class ConfigError(ValueError):

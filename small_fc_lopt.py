@@ -11,8 +11,8 @@ import jax.numpy as jnp
 
 import accumulators as acc
 import features
-from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_mlp,
-                  init_mlp_with_direction, map_tensors, param_scale, per_parameter_mlp)
+from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, map_tensors,
+                  mlp_initializer, param_scale, per_parameter_mlp)
 
 STEP_MULT = 1e-3     # λ1 (Celo Eq. (2); reference default; μLO uses 0.01 for μLO_M)
 EXP_MULT = 1e-3      # λ2 (Celo Eq. (2))
@@ -53,13 +53,9 @@ def init_decay_offsets():
 
 def init_meta_params(key, hidden=HIDDEN, hidden_layers=HIDDEN_LAYERS, meta_init="random"):
     """θ at meta-initialization: the reference's random MLP ("random"), or (ours) one whose d
-    starts as INIT_SCALE·Σ w·n(x) along INIT_DIRECTIONS[meta_init] (init_mlp_with_direction)."""
-    if meta_init not in ("random", *INIT_DIRECTIONS):
-        raise ValueError(f"meta_init must be one of random, {', '.join(INIT_DIRECTIONS)}, "
-                         f"got {meta_init!r}")
+    starts as INIT_SCALE·Σ w·n(x) along INIT_DIRECTIONS[meta_init] (lopt.mlp_initializer)."""
     sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (2,)
-    mlp = (init_mlp(key, sizes) if meta_init == "random" else
-           init_mlp_with_direction(key, sizes, INIT_DIRECTIONS[meta_init], INIT_SCALE))
+    mlp = mlp_initializer(sizes, meta_init, INIT_DIRECTIONS, INIT_SCALE)(key)
     return {"mlp": mlp, **init_decay_offsets()}
 
 

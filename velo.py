@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import accumulators as acc
 import features
 from lopt import (GRAD_RMS_RANGE, MAX_NORM, LearnedOptimizer, cosine_anneal, init_lstm, init_mlp,
-                  PARAM_SCALE_EPS, init_mlp_with_direction, lstm_step, map_tensors, param_scale,
+                  PARAM_SCALE_EPS, lstm_step, map_tensors, mlp_initializer, param_scale,
                   per_parameter_mlp)
 
 STEP_MULT = 1e-3       # λ1 (μLO Eq. (9); reference step_mult)
@@ -116,16 +116,11 @@ def init_meta_params(key, lstm_hidden=SIZES["small"][0], bank=SIZES["small"][1],
     """θ at meta-initialization. meta_init="random": as the reference (haiku defaults, zero
     initial LSTM state). "blend" (ours, the default), "adam", "adafactor": a relative-step
     optimizer to start, along features.VELO_INIT_DIRECTIONS[meta_init] (META_INIT)."""
-    if meta_init not in ("random", *features.VELO_INIT_DIRECTIONS):
-        raise ValueError(f"meta_init must be one of random, "
-                         f"{', '.join(features.VELO_INIT_DIRECTIONS)}, got {meta_init!r}")
-    directed = meta_init != "random"
-    k_mix, k_proj, k_lstm, k_ctl, k_lr, k_bank = jax.random.split(key, 6)
     sizes = (NUM_MLP_INPUTS,) + (FF_HIDDEN,) * FF_HIDDEN_LAYERS + (FF_OUTPUTS,)
     # Each member: truncated normal σ = 1/sqrt(fan_in) (first layer: fan_in = all 30 inputs).
-    member = (partial(init_mlp_with_direction, sizes=sizes,
-                      column=features.VELO_INIT_DIRECTIONS[meta_init], scale=INIT_SCALE)
-              if directed else partial(init_mlp, sizes=sizes))
+    member = mlp_initializer(sizes, meta_init, features.VELO_INIT_DIRECTIONS, INIT_SCALE)
+    directed = meta_init != "random"
+    k_mix, k_proj, k_lstm, k_ctl, k_lr, k_bank = jax.random.split(key, 6)
     bank_mlps = jax.vmap(member)(jax.random.split(k_bank, bank))
     controls, lr_mult = _linear(k_ctl, lstm_hidden, bank), _linear(k_lr, lstm_hidden, 1)
     if directed:   # mixed MLP = the members' mean, lr_mult = 1, up to small h terms

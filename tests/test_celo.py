@@ -226,7 +226,7 @@ def test_adam_rule_init_starts_as_relative_adam():
     exactly, x₇ = m_0.9·rsqrt(v) (Adam's direction, normalized over the tensor), so a fresh θ
     steps Δp = −1e-3·10·n(x₇)·exp(1e-3·m)·rms(p)·η; the m output stays random."""
     theta = celo.init_meta_params(jax.random.PRNGKey(3), rule_init="adam")
-    assert features.VELO_ADAM_DIRECTION == 7
+    assert celo.RULE_INIT_DIRECTIONS["adam"] == 7   # Adam's direction m_0.9·rsqrt(v)
     rng = np.random.RandomState(5)
     for shape in [(20, 30), (7,)]:
         p, g, s = three_steps(shape, rng)
@@ -257,7 +257,7 @@ def test_default_rule_starts_as_blend_of_normalized_directions():
     assert celo.RULE_INIT == "blend"
     theta = INIT_THETA(jax.random.PRNGKey(3))
     mix = celo.RULE_INIT_DIRECTIONS["blend"]
-    assert abs(sum(mix.values()) - 1.0) < 1e-6 and features.VELO_ADAM_DIRECTION in mix
+    assert abs(sum(mix.values()) - 1.0) < 1e-6 and celo.RULE_INIT_DIRECTIONS["adam"] in mix
     rng = np.random.RandomState(7)
     for shape in [(20, 30), (7,)]:
         p, g, s = three_steps(shape, rng)
