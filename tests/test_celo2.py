@@ -131,6 +131,28 @@ def test_zero_tensor_moves_by_the_learning_rate():
         assert abs(_rms(u["w"]) - 1e-2) < 1e-6 and abs(_rms(u["b"]) - 1e-2) < 1e-6
 
 
+
+def test_default_bound_holds_celo2_base_at_base_max_norm_and_leaves_celo2_free():
+    """On a loss that rewards growth, celo2_base's default use stops each tensor on its ball,
+    BASE_MAX_NORM × its starting RMS, give or take the one step (lr, unit RMS) the bound lets it
+    take past it; celo2 (no bound: Newton–Schulz steps have a fixed size) runs far past it."""
+    p0 = {"w": jnp.asarray(0.2 * np.random.RandomState(1).normal(size=(16, 8)), jnp.float32)}
+    loss = lambda p: -jnp.sum(jnp.square(p["w"]))
+    start = _rms(p0["w"])
+
+    def final_rms(harness):
+        tx = celo2.optimizer(celo2.init_meta_params(jax.random.PRNGKey(0), harness), 0.05,
+                             harness=harness)
+        p, s = p0, tx.init(p0)
+        for _ in range(60):
+            u, s = tx.update(jax.grad(loss)(p), s, p)
+            p = optax.apply_updates(p, u)
+        return _rms(p["w"])
+
+    assert celo2.default_max_norm(False) == celo2.BASE_MAX_NORM < 4.0
+    radius = celo2.BASE_MAX_NORM * start
+    assert radius <= final_rms(False) <= radius + 1.001 * 0.05
+    assert final_rms(True) > 1.5 * celo2.BASE_MAX_NORM * start
 # ----------------------------------------------------------------------------- contract, JAX
 
 def test_optax_chain_equals_contract_step_and_cosine_schedule():
