@@ -110,6 +110,12 @@ META_HIDDEN = (128, 128)
 META_BATCH_SIZE = 32        # per worker and local step (ours: CPU budget)
 META_LOCAL_STEPS = 16
 META_DATASET = "fashion_mnist_8x8"
+# `--opt local_sgd_lopt_ranges` (ours): every meta-training run draws its own H from these and
+# its local lr log-uniformly from this range, so the learned update sees the H and local lrs that
+# tuning picks on held-out tasks (the conv net's tuned local lr 2.0 at H = 4 was never seen by
+# the fixed-H, fixed-lr recipe, and LOpt lost there). Traced per run: one compiled program.
+META_LOCAL_STEPS_CHOICES = (4, 8, 16)
+META_LOCAL_LR_RANGE = (0.1, 2.0)
 
 
 # ----------------------------------------------------------------------------- the record
@@ -494,22 +500,43 @@ def communication(params, num_workers, num_rounds):
 class Inner(NamedTuple):
     params: Any
     state: Any
+    local_steps: Any = None   # () int32, this run's H when make_problem draws it, else None
+    local_lr: Any = None      # () float32, this run's local lr, likewise
+
+
+def draw_local_config(key, local_steps_choices, local_lr_range):
+    """(H, local lr) of one meta-training run: H uniform over the choices, the lr log-uniform."""
+    k_h, k_lr = jax.random.split(key)
+    choices = jnp.asarray(local_steps_choices, jnp.int32)
+    h = choices[jax.random.randint(k_h, (), 0, choices.shape[0])]
+    lo, hi = np.log(local_lr_range[0]), np.log(local_lr_range[1])
+    return h, jnp.exp(jax.random.uniform(k_lr, (), jnp.float32, lo, hi))
 
 
 def make_problem(task, update, num_workers=NUM_WORKERS, local_steps=META_LOCAL_STEPS,
-                 local_lr=LOCAL_LR):
+                 local_lr=LOCAL_LR, local_steps_choices=None, local_lr_range=None):
     """PES's view (pes.Problem) of local SGD with a learned global update: one inner step is one
-    communication ROUND; its loss is the training loss at θ before the round (round_step)."""
+    communication ROUND; its loss is the training loss at θ before the round (round_step).
+    local_steps_choices / local_lr_range: each run (both particles of an antithetic pair, which
+    share its key) draws its own H and local lr (draw_local_config) instead of the fixed ones."""
+    draws = local_steps_choices is not None or local_lr_range is not None
 
     def init_inner(theta, shared, group, key, num_steps):
         params = task.init(key)
-        return Inner(params, update.init({**(shared or {}), **theta}, params, num_steps))
+        state = update.init({**(shared or {}), **theta}, params, num_steps)
+        if not draws:
+            return Inner(params, state)
+        h, lr = draw_local_config(jax.random.fold_in(key, 1),
+                                  local_steps_choices or (local_steps,),
+                                  local_lr_range or (local_lr, local_lr))
+        return Inner(params, state, h, lr)
 
     def step_inner(theta, shared, group, inner, key):
+        h = local_steps if inner.local_steps is None else inner.local_steps
+        lr = local_lr if inner.local_lr is None else inner.local_lr
         params, state, loss = round_step(task, update, {**(shared or {}), **theta}, inner.params,
-                                         inner.state, group, key, num_workers, local_steps,
-                                         local_lr)
-        return Inner(params, state), loss
+                                         inner.state, group, key, num_workers, h, lr)
+        return inner._replace(params=params, state=state), loss
 
     return pes.Problem(init_inner, step_inner, task.loss_cap)
 
@@ -519,9 +546,10 @@ def meta_training_task():
     return tasks.image_mlp(META_DATASET, hidden=META_HIDDEN, batch_size=META_BATCH_SIZE)
 
 
-def train_problem(task, update, cfg):
+def train_problem(task, update, cfg, **draws):
     """train.py's Recipe.problem hook. `task` (task_set) supplies the data; the network is the
-    reference's 2×128 MLP (tasks.TASKS has no 8×8 one), so the data must be 8×8 images."""
+    reference's 2×128 MLP (tasks.TASKS has no 8×8 one), so the data must be 8×8 images.
+    draws: make_problem's local_steps_choices / local_lr_range (local_sgd_lopt_ranges)."""
     del cfg
     ref = meta_training_task()
     shapes = lambda d: jax.tree.map(lambda x: tuple(np.shape(x)[1:]), d)
@@ -530,7 +558,14 @@ def train_problem(task, update, cfg):
         raise tasks.InvalidOptionError(
             f"local-SGD meta-training trains an MLP on 8×8 images; task {task.name!r} has "
             "other data: use --task-set celo_fmnist_8x8")
-    return make_problem(ref, update)
+    return make_problem(ref, update, **draws)
+
+
+def train_problem_ranges(task, update, cfg):
+    """train_problem with every run's H and local lr drawn (META_LOCAL_STEPS_CHOICES,
+    META_LOCAL_LR_RANGE): the problem of `--opt local_sgd_lopt_ranges`."""
+    return train_problem(task, update, cfg, local_steps_choices=META_LOCAL_STEPS_CHOICES,
+                         local_lr_range=META_LOCAL_LR_RANGE)
 
 
 # Settings of train.py for these two (its settings block; the command line wins).

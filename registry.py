@@ -121,6 +121,10 @@ OPTIMIZERS = {
                              problem=local_sgd.train_problem, per_step=False),
     "local_sgd_lagg": Recipe(lambda task: local_sgd.lagg(), settings=local_sgd.TRAIN_SETTINGS,
                              problem=local_sgd.train_problem, per_step=False),
+    # LOpt meta-trained over a range of settings: each run draws H ∈ {4, 8, 16} and a local lr
+    # log-uniform in [0.1, 2] (local_sgd.train_problem_ranges; ours).
+    "local_sgd_lopt_ranges": Recipe(lambda task: local_sgd.lopt(), settings=local_sgd.TRAIN_SETTINGS,
+                                    problem=local_sgd.train_problem_ranges, per_step=False),
     # The paper's form: the MLP outputs the whole server update (no nominal SlowMo step).
     "local_sgd_lopt_paper": Recipe(lambda task: local_sgd.lopt_paper(),
                                    settings=local_sgd.TRAIN_SETTINGS,

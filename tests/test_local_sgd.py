@@ -212,6 +212,42 @@ def test_pes_problem_and_train_registry(quad):
     assert 0 < float(stats.meta_loss) < 1
 
 
+def test_drawn_local_config_covers_the_ranges_and_pairs_share_it(quad):
+    """local_sgd_lopt_ranges: every run draws its H from the choices and its local lr
+    log-uniformly from the range; both members of a PES pair share them; a run with a drawn
+    (H, lr) steps exactly as the fixed-setting problem with that H and lr."""
+    import registry
+    draws = [local_sgd.draw_local_config(jax.random.PRNGKey(i), (4, 8, 16), (0.1, 2.0))
+             for i in range(64)]
+    hs = {int(h) for h, _ in draws}
+    lrs = np.array([float(lr) for _, lr in draws])
+    assert hs == {4, 8, 16}
+    assert lrs.min() >= 0.1 and lrs.max() <= 2.0 and lrs.min() < 0.2 and lrs.max() > 1.0
+    assert 0.25 < np.mean(np.log(lrs) < np.log(np.sqrt(0.2))) < 0.75   # log-uniform: median √0.2
+
+    update = local_sgd.lopt(2)
+    theta = update.init_meta_params(jax.random.PRNGKey(0))
+    drawn = local_sgd.make_problem(quad, update, num_workers=2, local_steps_choices=(1, 2, 3),
+                                   local_lr_range=(0.05, 0.4))
+    inner = drawn.init_inner(theta, {}, quad.data, jax.random.PRNGKey(3), 10)
+    h, lr = int(inner.local_steps), float(inner.local_lr)
+    fixed = local_sgd.make_problem(quad, update, num_workers=2, local_steps=h, local_lr=lr)
+    ref = fixed.init_inner(theta, {}, quad.data, jax.random.PRNGKey(3), 10)
+    a, la = drawn.step_inner(theta, {}, quad.data, inner, jax.random.PRNGKey(4))
+    b, lb = fixed.step_inner(theta, {}, quad.data, ref, jax.random.PRNGKey(4))
+    assert a.local_steps == h and float(a.local_lr) == lr and float(la) == float(lb)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+    cfg = pes.Config(num_pairs=8, truncation=2, min_horizon=4, max_horizon=6)
+    state = pes.init(drawn, cfg, theta, {}, tasks.stack_data([quad.data]), jax.random.PRNGKey(1))
+    h_pairs = np.asarray(state.inner.local_steps)                    # (pairs, ±)
+    assert h_pairs.shape == (8, 2) and np.all(h_pairs[:, 0] == h_pairs[:, 1])
+    assert np.all(np.asarray(state.inner.local_lr)[:, 0] == np.asarray(state.inner.local_lr)[:, 1])
+    assert len(set(h_pairs[:, 0].tolist())) > 1                      # pairs differ from each other
+    assert registry.OPTIMIZERS["local_sgd_lopt_ranges"].problem is local_sgd.train_problem_ranges
+
+
 @pytest.mark.parametrize("name", ["local_sgd_lopt", "local_sgd_lagg"])
 def test_shipped_checkpoints_match_the_optimizer(name):
     import registry
