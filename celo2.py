@@ -51,7 +51,7 @@ INIT_DIRECTION = {True: features.column_index(GROUPS, "m", 0),
 # than the other rules' lopt.MAX_NORM = 4 because its rule pushes every weight matrix outward and
 # the balls compound over depth: at 4 a 6-layer ReLU net trained to 0.65 and collapsed to chance
 # over 5000 steps (2.45), at 3 it ends at 0.63. The largest of {4, 3, 2.5, 2} that passes
-# stability.py; VALIDATION median / IQM 1.020 / 1.029 at 4, 1.006 / 1.020 at 3 (docs/celo2.md).
+# stability.py; VALIDATION median / IQM 1.020 / 1.029 at 4, 1.006 / 1.020 at 3 (docs/results.md).
 BASE_MAX_NORM = 3.0
 
 LEARNED, ORTHOGONAL, ADAM = "learned", "orthogonal", "adam"   # how a tensor is updated
