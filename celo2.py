@@ -19,8 +19,8 @@ import optax
 
 import accumulators as acc
 import features
-from lopt import (GRAD_RMS_RANGE, LearnedOptimizer, at_use, init_mlp,
-                  init_mlp_with_direction, map_tensors, per_parameter_mlp)
+from lopt import (GRAD_RMS_RANGE, LearnedOptimizer, at_use, map_tensors, mlp_initializer,
+                  per_parameter_mlp)
 
 # Structure (static). Celo2 model cards: one MLP with 2 hidden layers of 8 units.
 HIDDEN = 8
@@ -65,11 +65,8 @@ def init_meta_params(key, harness=True, rule_init="hand", hidden=HIDDEN,
     exactly one feature column (INIT_DIRECTION), the other units keep haiku's random init;
     "random": haiku's init everywhere (a random rule, for tests and ablations)."""
     sizes = (NUM_INPUTS,) + (hidden,) * hidden_layers + (NUM_OUTPUTS,)
-    if rule_init == "random":
-        return {"rule": init_mlp(key, sizes)}
-    if rule_init != "hand":
-        raise ValueError(f"rule_init must be 'hand' or 'random', got {rule_init!r}")
-    return {"rule": init_mlp_with_direction(key, sizes, INIT_DIRECTION[harness], 1.0)}
+    return {"rule": mlp_initializer(sizes, rule_init, {"hand": INIT_DIRECTION[harness]}, 1.0,
+                                    "rule_init")(key)}
 
 
 # ----------------------------------------------------------------------------- building blocks
